@@ -1,0 +1,3 @@
+from facecli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""cli stage of facecli (see DESIGN.md section 2)."""

@@ -1,0 +1,50 @@
+"""The Typer app: registers the command groups and turns fatal errors into exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from facecli import __version__
+from facecli.cli import check as check_cmd
+from facecli.cli.console import print_error
+from facecli.errors import ExitCode, FacecliError
+
+# OpenCV prints backend warnings on stderr at import; they mean nothing to a user of facecli.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+app = typer.Typer(
+    name="facecli",
+    help="Bulk-enroll people into face-recognition systems: check photos, enroll, search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"facecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """facecli: check, enroll and search faces from the command line."""
+
+
+app.command("check", help=check_cmd.HELP)(check_cmd.check)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except FacecliError as exc:  # pragma: no cover - commands catch their own; last resort
+        print_error(exc)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))

@@ -1,0 +1,55 @@
+"""`facecli check PATH`: which photos would be accepted, and exactly why the others are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from facecli.cli import common
+from facecli.cli.console import RichProgress, print_json, summary_tables
+from facecli.config import Settings
+from facecli.errors import ExitCode
+from facecli.pipeline.check import FaceChecker
+from facecli.pipeline.enroll import run_check
+from facecli.pipeline.report import open_report
+from facecli.sources.folder import discover_folder
+
+HELP = """Check photos without sending anything: decode, detect, the exactly-one-usable-face gate, embed.
+
+PATH is a folder (one sub-folder per person, or files named after the person) or one image.
+Exit 0 when every image is accepted, 1 when any is rejected or failed, 2 on usage errors."""
+
+
+@common.fatal_errors
+def check(
+    path: Path = typer.Argument(None, help="Folder of photos, or one image file.", show_default=False),
+    report: Path = common.ReportOpt,
+    json_out: bool = common.JsonOpt,
+    quiet: bool = common.QuietOpt,
+    preset: str = common.PresetOpt,
+    threshold: list[str] = common.ThresholdOpt,
+    max_megapixels: float = common.MaxMpOpt,
+    models_dir: Path = common.ModelsDirOpt,
+    threads: int = common.ThreadsOpt,
+    device: str = common.DeviceOpt,
+    follow_symlinks: bool = common.FollowOpt,
+    show: int = common.ShowOpt,
+    config: Path = common.ConfigOpt,
+) -> None:
+    settings = Settings(
+        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device}, config_path=config
+    )
+    root = common.existing_path(path)
+    cfg = common.build_check_config(settings, threshold, max_megapixels)
+    discovery = discover_folder(root, follow_symlinks=follow_symlinks)
+    checker = FaceChecker.open(cfg)
+    writer = open_report(report) if report else None
+    progress = RichProgress(enabled=not (quiet or json_out))
+    result = run_check(discovery, checker, report=writer, progress=progress)
+    if json_out:
+        print_json(result.summary.to_json())
+    elif not quiet:
+        summary_tables(result.summary, result.items, show)
+    code = ExitCode.ITEMS if result.summary.problems or not result.summary.images else ExitCode.OK
+    raise typer.Exit(int(code))

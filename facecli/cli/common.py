@@ -1,0 +1,91 @@
+"""Options and builders shared by the commands that run the check pipeline (check, enroll, search)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from facecli.cli.console import print_error
+from facecli.config import Settings
+from facecli.errors import ConfigError, ExitCode, FacecliError
+from facecli.imaging.decode import DecodeLimits
+from facecli.pipeline.check import CheckConfig
+from facecli.vision.quality import thresholds_for
+
+
+def parse_pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; anything else is a usage error."""
+    out: dict[str, str] = {}
+    for v in values or []:
+        key, sep, value = v.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} expects KEY=VALUE, got {v!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_check_config(
+    settings: Settings,
+    threshold: list[str] | None,
+    max_megapixels: float | None,
+    keep_images: bool = False,
+) -> CheckConfig:
+    overrides = settings.thresholds(parse_pairs(threshold, "--threshold"))
+    thresholds = thresholds_for(settings.get("preset"), overrides)
+    limits = DecodeLimits()
+    mp = max_megapixels if max_megapixels is not None else settings.get("max_megapixels")
+    if mp is not None:
+        limits = DecodeLimits(max_megapixels=float(mp), max_file_bytes=limits.max_file_bytes,
+                              work_max_side=limits.work_max_side)
+    threads = settings.get("threads")
+    return CheckConfig(
+        thresholds=thresholds,
+        limits=limits,
+        models_dir=settings.get("models_dir"),
+        threads=int(threads) if threads else None,
+        device=str(settings.get("device", "cpu")),
+        keep_images=keep_images,
+    )
+
+
+def fatal_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map FacecliError to its message, hint and exit code: the one place the CLI does this."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FacecliError as exc:
+            print_error(exc)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper
+
+
+# Reusable option declarations, so every command spells them the same way.
+ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): JSON Lines, or CSV when FILE ends in .csv.", dir_okay=False, writable=True)
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary object on stdout instead of tables.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (exit code and --report only).")
+PresetOpt = typer.Option(None, "--preset", help="Apply a target's documented image requirements: default, opencv-fr, opencv-fr-liveness, aws-rekognition, azure-face.")
+ThresholdOpt = typer.Option(None, "--threshold", "-t", metavar="NAME=VALUE", help="Override one quality threshold (repeatable), e.g. -t min_sharpness=30. See README for names.")
+MaxMpOpt = typer.Option(None, "--max-megapixels", help="Refuse images with more pixels than this (decompression-bomb guard; default 100).")
+ModelsDirOpt = typer.Option(None, "--models-dir", help="Folder holding the ONNX model files (else FACECLI_MODELS_DIR, then the user cache).", file_okay=False)
+ThreadsOpt = typer.Option(None, "--threads", help="onnxruntime threads per model (default: CPU count, at most 8).", min=1)
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (CUDA when onnxruntime has it).")
+ConfigOpt = typer.Option(None, "--config", help="TOML config file (default $FACECLI_CONFIG or the user config dir).", dir_okay=False)
+FollowOpt = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while discovering photos.")
+ShowOpt = typer.Option(20, "--show", help="How many problem items to list after the summary (0: none).", min=0)
+
+
+def existing_path(path: Path | None) -> Path:
+    if path is None:
+        raise ConfigError("give a folder or image PATH", hint="e.g. facecli check ./photos")
+    if not path.exists():
+        raise ConfigError(f"path not found: {path}")
+    return path

@@ -1,0 +1,111 @@
+"""Terminal output: progress bars (only on a TTY), summary tables and JSON.
+
+Diagnostics and progress go to stderr; results (tables, --json objects) go to stdout, so
+`facecli check --json ... | jq` always sees exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from facecli.errors import REASON_HELP, FacecliError, ReasonCode
+from facecli.pipeline.report import ItemResult, PersonResult, RunSummary
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {"accepted": "green", "enrolled": "green", "rejected": "yellow", "failed": "red", "skipped": "dim"}
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(exc: FacecliError) -> None:
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        err.print(f"[dim]hint:[/] {exc.hint}", markup=True, highlight=False)
+
+
+class RichProgress:
+    """Pipeline progress events -> rich bars on stderr. Disabled when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, label: str = "checking") -> None:
+        self.enabled = enabled and err.is_terminal
+        self.label = label
+        self._progress: Progress | None = None
+        self._images = self._persons = None
+
+    def start(self, images: int, persons: int) -> None:
+        if not self.enabled:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self._progress.start()
+        self._images = self._progress.add_task(f"{self.label} images", total=images, detail="")
+        self._persons = self._progress.add_task("persons", total=persons, detail="")
+
+    def image_done(self, item: ItemResult) -> None:
+        if self._progress is not None:
+            self._progress.update(self._images, advance=1, detail=item.path[-40:])
+
+    def person_done(self, person: PersonResult) -> None:
+        if self._progress is not None:
+            self._progress.update(self._persons, advance=1, detail="")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def summary_tables(summary: RunSummary, items: list[ItemResult], show: int) -> None:
+    """Counts per status and per reason, then the first ``show`` problem items."""
+    t = Table(title=f"{summary.command}: {summary.run_id}", title_justify="left")
+    t.add_column("status")
+    t.add_column("images", justify="right")
+    t.add_column("persons", justify="right")
+    for status in ("accepted", "enrolled", "skipped", "rejected", "failed"):
+        n_img, n_per = summary.images.get(status, 0), summary.persons.get(status, 0)
+        if n_img or n_per:
+            style = STATUS_STYLE[status]
+            t.add_row(f"[{style}]{status}[/]", str(n_img), str(n_per))
+    out.print(t)
+    if summary.reasons:
+        r = Table(title="reasons", title_justify="left")
+        r.add_column("code")
+        r.add_column("images", justify="right")
+        r.add_column("meaning")
+        for code, n in summary.reasons.most_common():
+            r.add_row(code, str(n), REASON_HELP.get(ReasonCode(code), "") if code in ReasonCode.__members__ else "")
+        out.print(r)
+    bad = [i for i in items if str(i.status) in ("rejected", "failed")]
+    if bad and show:
+        b = Table(title=f"problems (first {min(show, len(bad))} of {len(bad)}; full list with --report)", title_justify="left")
+        b.add_column("path", overflow="fold")
+        b.add_column("person")
+        b.add_column("status")
+        b.add_column("reasons")
+        b.add_column("message", overflow="fold")
+        for i in bad[:show]:
+            b.add_row(i.path, i.person_id or "", f"[{STATUS_STYLE[str(i.status)]}]{i.status}[/]",
+                      ", ".join(map(str, i.reasons)), i.message)
+        out.print(b)
+    if summary.ignored_files:
+        out.print(f"[dim]{summary.ignored_files} file(s) ignored (not image files, or symbolic links); not checked[/]")
+    out.print(f"[dim]{summary.duration_s:.1f} s[/]")

@@ -1,0 +1,1 @@
+"""imaging stage of facecli (see DESIGN.md section 2)."""

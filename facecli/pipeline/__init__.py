@@ -1,0 +1,1 @@
+"""pipeline stage of facecli (see DESIGN.md section 2)."""

@@ -1,0 +1,202 @@
+"""Results of a run: per-image and per-person records, the summary, and report writers.
+
+Report lines are a stable contract (DESIGN.md section 4): scripts parse them, so fields are only
+ever added. Writers stream (one line per finished item, flushed) so a killed run still leaves a
+report of everything it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from facecli.errors import ReasonCode, Status
+from facecli.pipeline.check import ImageCheck
+
+
+@dataclass
+class ItemResult:
+    """Final word on one image (or one source problem such as an unreadable folder)."""
+
+    path: str
+    person_id: str | None
+    status: Status
+    reasons: list[ReasonCode] = field(default_factory=list)
+    message: str = ""
+    check: ImageCheck | None = None
+    line: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "image"}
+        if self.check is not None:
+            out.update(self.check.to_json())
+        else:
+            out.update({"path": self.path, "faces": 0, "box": None, "landmarks": None, "det_score": None, "quality": {}})
+        out.update(
+            {
+                "path": self.path,
+                "person_id": self.person_id,
+                "status": str(self.status),
+                "reasons": [str(r) for r in self.reasons],
+                "message": self.message,
+            }
+        )
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+@dataclass
+class PersonResult:
+    person_id: str
+    person_name: str
+    status: Status
+    reasons: list[ReasonCode] = field(default_factory=list)
+    images: int = 0
+    accepted_images: int = 0
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "person",
+            "person_id": self.person_id,
+            "person_name": self.person_name,
+            "status": str(self.status),
+            "reasons": [str(r) for r in self.reasons],
+            "images": self.images,
+            "accepted_images": self.accepted_images,
+            "message": self.message,
+        }
+
+
+IMAGE_STATUSES = ("accepted", "rejected", "failed", "skipped", "enrolled")
+PERSON_STATUSES = ("accepted", "enrolled", "rejected", "failed", "skipped")
+
+
+@dataclass
+class RunSummary:
+    command: str
+    target: str | None = None
+    collection: str | None = None
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    images: Counter = field(default_factory=Counter)
+    persons: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    ignored_files: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+    duration_s: float = 0.0
+
+    def add_item(self, item: ItemResult) -> None:
+        self.images[str(item.status)] += 1
+        for r in item.reasons:
+            self.reasons[str(r)] += 1
+
+    def add_person(self, person: PersonResult) -> None:
+        self.persons[str(person.status)] += 1
+
+    def finish(self) -> None:
+        self.duration_s = time.monotonic() - self.started
+
+    @property
+    def problems(self) -> int:
+        """Images that did not end fine (rejected or failed)."""
+        return self.images["rejected"] + self.images["failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "command": self.command,
+            "target": self.target,
+            "collection": self.collection,
+            "images": {s: self.images.get(s, 0) for s in IMAGE_STATUSES},
+            "persons": {s: self.persons.get(s, 0) for s in PERSON_STATUSES},
+            "reasons": dict(sorted(self.reasons.items())),
+            "ignored_files": self.ignored_files,
+            "duration_s": round(self.duration_s, 3),
+            "retries": self.retries,
+        }
+
+
+class ReportWriter(Protocol):
+    def write_item(self, item: ItemResult) -> None: ...
+    def write_person(self, person: PersonResult) -> None: ...
+    def close(self, summary: RunSummary) -> None: ...
+
+
+class JsonlReport:
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+
+    def _line(self, obj: dict) -> None:
+        self.fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.fh.flush()
+
+    def write_item(self, item: ItemResult) -> None:
+        self._line(item.to_json())
+
+    def write_person(self, person: PersonResult) -> None:
+        self._line(person.to_json())
+
+    def close(self, summary: RunSummary) -> None:
+        self.fh.close()
+
+
+CSV_COLUMNS = ("kind", "path", "person_id", "status", "reasons", "faces", "box", "landmarks", "det_score",
+               "quality", "message")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """Neutralise cells a spreadsheet would run as a formula (CSV injection)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return spreadsheet_safe(";".join(value))
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return spreadsheet_safe(str(value))
+
+
+class CsvReport:
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.writer = csv.writer(fh)
+        self.writer.writerow(CSV_COLUMNS)
+
+    def _row(self, obj: dict) -> None:
+        self.writer.writerow([_cell(obj.get(c)) for c in CSV_COLUMNS])
+        self.fh.flush()
+
+    def write_item(self, item: ItemResult) -> None:
+        self._row(item.to_json())
+
+    def write_person(self, person: PersonResult) -> None:
+        self._row({**person.to_json(), "path": ""})
+
+    def close(self, summary: RunSummary) -> None:
+        self.fh.close()
+
+
+def open_report(path: str | Path) -> ReportWriter:
+    """A writer chosen by file name: ``.csv`` for CSV, anything else JSON Lines."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    fh = io.open(p, "w", encoding="utf-8", newline="")
+    if p.suffix.lower() == ".csv":
+        return CsvReport(fh)
+    return JsonlReport(fh)

@@ -1,0 +1,1 @@
+"""server stage of facecli (see DESIGN.md section 2)."""

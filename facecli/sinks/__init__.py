@@ -1,0 +1,1 @@
+"""sinks stage of facecli (see DESIGN.md section 2)."""

@@ -1,0 +1,1 @@
+"""sources stage of facecli (see DESIGN.md section 2)."""

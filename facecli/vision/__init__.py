@@ -1,0 +1,1 @@
+"""vision stage of facecli (see DESIGN.md section 2)."""

@@ -1,0 +1,63 @@
+"""Face embeddings: aligned crops -> L2-normalised float32 vectors, batched; one similarity function.
+
+Scores: facecli reports cosine similarity of L2-normalised dlib-resnet embeddings. This model's
+cosines are compressed (different people still score ~0.75-0.9), so the decision threshold is
+``MATCH_THRESHOLD``, calibrated on ../shared/datasets/deepface-pairs (see README, "Thresholds").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from facecli.vision.models import ResolvedModel
+from facecli.vision.runtime import make_session
+
+#: Cosine similarity at or above which two faces are the same person. Chosen on deepface-pairs
+#: master.csv as the midpoint of the widest gap between same and different pairs
+#: (same pairs >= 0.927, different <= 0.919; tests/test_check.py re-checks it).
+MATCH_THRESHOLD = 0.923
+
+
+class Recognizer:
+    """dlib-resnet: [N,150,150,3] RGB uint8 aligned crops -> [N,128] unit vectors."""
+
+    def __init__(self, model: ResolvedModel, threads: int | None = None, device: str = "cpu",
+                 max_batch: int = 32) -> None:
+        self.model = model
+        self.session = make_session(model.path, threads, device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.crop_size = model.file.input_size[0] if model.file.input_size else 150
+        self.max_batch = max_batch
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Embed a stack of crops; the model takes raw 0..255 RGB (normalisation is in-graph)."""
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        out = np.empty((len(crops), self.dim), dtype=np.float32)
+        for i in range(0, len(crops), self.max_batch):
+            chunk = crops[i : i + self.max_batch]
+            blob = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32)
+            out[i : i + len(chunk)] = self.session.run([self.output_name], {self.input_name: blob})[0]
+        return l2_normalize(out)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    """Cosine similarity of unit vectors: (D,)x(D,) -> float, (N,D)x(M,D) -> (N,M)."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.ndim == 1 and b.ndim == 1:
+        return float(a @ b)
+    return np.atleast_2d(a) @ np.atleast_2d(b).T
+
+
+def is_match(score: float, threshold: float = MATCH_THRESHOLD) -> bool:
+    return score >= threshold

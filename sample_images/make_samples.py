@@ -96,12 +96,15 @@ def main() -> None:
     # (drops the flag and the shuttle model). 260x330, native resolution.
     made.append(save_jpeg(astronaut.crop((100, 0, 360, 330)), "astronaut.jpg", ASTRONAUT_NOTE))
 
-    # exif_rotated.jpg: pixels stored rotated 90 deg counter-clockwise, EXIF Orientation = 6
-    # ("rotate 90 CW to display"), so an EXIF-aware reader shows the upright 512x600 portrait.
+    # grace_hopper_2.jpg: a second image of the same person (flat layout: `_2` groups it with
+    # grace_hopper.jpg). The portrait mirrored left-right, so it is not a near-duplicate photo,
+    # with its pixels stored rotated 90 deg counter-clockwise and EXIF Orientation = 6 ("rotate
+    # 90 CW to display"): only an EXIF-aware reader sees an upright face.
+    mirrored = hopper.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
-    stored = hopper.transpose(Image.Transpose.ROTATE_90)  # 600x512, head pointing left
-    made.append(save_jpeg(stored, "exif_rotated.jpg", HOPPER_NOTE, exif=exif.tobytes()))
+    stored = mirrored.transpose(Image.Transpose.ROTATE_90)  # 600x512, head pointing left
+    made.append(save_jpeg(stored, "grace_hopper_2.jpg", HOPPER_NOTE, exif=exif.tobytes()))
 
     # --- bad cases: one "person" each --------------------------------------------------------
     # two_faces.jpg: both portraits side by side, faces scaled to the same width (120 px).
@@ -131,11 +134,11 @@ def main() -> None:
     (OUT / "truncated.jpg").write_bytes(data[: int(len(data) * TRUNCATE_FRACTION)])
     made.append(OUT / "truncated.jpg")
 
-    # Self-check of the EXIF case: transposed back it is the upright portrait.
-    with Image.open(OUT / "exif_rotated.jpg") as im:
+    # Self-check of the EXIF case: transposed back it is the upright (mirrored) portrait.
+    with Image.open(OUT / "grace_hopper_2.jpg") as im:
         upright = ImageOps.exif_transpose(im)
         assert upright.size == hopper.size, (upright.size, hopper.size)
-        diff = np.abs(np.asarray(upright, np.int16) - np.asarray(hopper, np.int16)).mean()
+        diff = np.abs(np.asarray(upright, np.int16) - np.asarray(mirrored, np.int16)).mean()
         assert diff < 3.0, diff
 
     for p in made:

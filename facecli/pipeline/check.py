@@ -18,6 +18,7 @@ import numpy as np
 
 from facecli.errors import ReasonCode, Status, status_for
 from facecli.imaging.decode import DecodedImage, DecodeFailure, DecodeLimits, decode_image
+from facecli.imaging.phash import phash
 from facecli.vision.align import align_face
 from facecli.vision.detect import Detector, Face
 from facecli.vision.embed import Recognizer
@@ -57,6 +58,7 @@ class ImageCheck:
     quality: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     sha256: str | None = None
+    phash: int | None = None
     width: int | None = None
     height: int | None = None
     format: str | None = None
@@ -182,6 +184,7 @@ class FaceChecker:
             path=path,
             status=Status.ACCEPTED,
             sha256=image.sha256,
+            phash=phash(image.rgb),
             width=image.source_width,
             height=image.source_height,
             format=image.format,

@@ -1,7 +1,9 @@
-"""PersonSpecs -> image checks -> person verdicts (-> batches -> sink, in the enroll issue).
+"""PersonSpecs -> image checks -> per-person checks -> verdicts (-> batches -> sink, in the enroll issue).
 
 A check run is an enroll run without a sink, so both share this module: the stages and the
 reporting are the same, which keeps `facecli check` an exact dry run of what enroll would accept.
+Per-person checks need every image embedded first (a duplicate may be the last photo of the run),
+so report lines are written once those checks are done.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ from typing import Protocol
 
 from facecli.errors import ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
+from facecli.pipeline.persons import PersonPolicy, apply_person_checks
 from facecli.pipeline.report import ItemResult, PersonResult, ReportWriter, RunSummary
 from facecli.sources.spec import Discovery, PersonSpec
+
+#: Codes on images that say something about the person as a whole (listed on the person line).
+_PERSON_LEVEL = (ReasonCode.IDENTITY_MISMATCH, ReasonCode.DUPLICATE_IMAGE, ReasonCode.DUPLICATE_PERSON,
+                 ReasonCode.TOO_MANY_IMAGES)
 
 
 class Progress(Protocol):
@@ -54,17 +61,26 @@ class RunResult:
     summary: RunSummary
     items: list[ItemResult]
     persons: list[PersonResult]
+    checked: list[CheckedPerson] = field(default_factory=list)
 
 
 def person_verdict(spec: PersonSpec, items: list[ItemResult]) -> PersonResult:
-    """A person is accepted when at least one image is accepted and no person-level reason says no."""
+    """Accepted when at least one image is accepted and no person-level reason rejects the person."""
     accepted = sum(1 for i in items if i.status == Status.ACCEPTED)
-    if accepted:
-        status, reasons = Status.ACCEPTED, []
+    flagged = [r for r in _PERSON_LEVEL if any(r in i.reasons for i in items)]
+    warned = [r for r in _PERSON_LEVEL if any(r in i.warnings for i in items)]
+    reasons: list[ReasonCode] = []
+    if ReasonCode.DUPLICATE_PERSON in flagged:
+        reasons.append(ReasonCode.DUPLICATE_PERSON)
+    if not accepted:
+        reasons.append(ReasonCode.NO_ACCEPTED_IMAGE)
+    if not reasons:
+        status = Status.ACCEPTED
     elif items and all(i.status == Status.FAILED for i in items):
-        status, reasons = Status.FAILED, [ReasonCode.NO_ACCEPTED_IMAGE]
+        status = Status.FAILED
     else:
-        status, reasons = Status.REJECTED, [ReasonCode.NO_ACCEPTED_IMAGE]
+        status = Status.REJECTED
+    notes = [i.message for i in items if any(r in i.reasons for r in (ReasonCode.DUPLICATE_PERSON,))]
     return PersonResult(
         person_id=spec.person_id,
         person_name=spec.person_name,
@@ -72,55 +88,59 @@ def person_verdict(spec: PersonSpec, items: list[ItemResult]) -> PersonResult:
         reasons=reasons,
         images=len(items),
         accepted_images=accepted,
+        message="; ".join(dict.fromkeys(notes)),
+        warnings=[r for r in flagged + warned if r not in reasons],
     )
 
 
 def check_persons(
     discovery: Discovery,
     checker: FaceChecker,
-    summary: RunSummary,
-    report: ReportWriter | None = None,
+    policy: PersonPolicy | None = None,
     progress: Progress | None = None,
 ) -> tuple[list[CheckedPerson], list[ItemResult]]:
-    """Check every image of every person (in source order) and give each person a verdict."""
+    """Check every image of every person, then the per-person checks, then each person's verdict.
+
+    Returns the persons and the source's own problems (unreadable folders, invalid rows).
+    """
     progress = progress or NullProgress()
     persons = [CheckedPerson(p) for p in discovery.persons]
-    problems: list[ItemResult] = []
     progress.start(discovery.image_count + len(discovery.problems), len(persons))
-
-    def emit(item: ItemResult) -> None:
-        summary.add_item(item)
-        if report:
-            report.write_item(item)
+    problems = [
+        ItemResult(p.path, p.person_id, status_for([p.reason]), [p.reason], p.message, line=p.line)
+        for p in discovery.problems
+    ]
+    for item in problems:
         progress.image_done(item)
-
-    for prob in discovery.problems:
-        item = ItemResult(prob.path, prob.person_id, status_for([prob.reason]), [prob.reason], prob.message, line=prob.line)
-        problems.append(item)
-        emit(item)
-
-    flat: list[tuple[CheckedPerson, str]] = [(cp, str(img)) for cp in persons for img in cp.spec.images]
-    results = checker.check_paths(path for _, path in flat)
-    remaining = {id(cp): len(cp.spec.images) for cp in persons}
-    for (cp, _), check in zip(flat, results):
+    flat = [(cp, img) for cp in persons for img in cp.spec.images]
+    for (cp, _), check in zip(flat, checker.check_paths(img for _, img in flat)):
         item = ItemResult(check.path, cp.spec.person_id, check.status, list(check.reasons), check.message, check)
         cp.items.append(item)
-        emit(item)
-        remaining[id(cp)] -= 1
-        if remaining[id(cp)] == 0:
-            _finish_person(cp, summary, report, progress)
+        progress.image_done(item)
+    apply_person_checks(persons, policy or PersonPolicy())
     for cp in persons:
-        if not cp.spec.images:
-            _finish_person(cp, summary, report, progress)
+        cp.result = person_verdict(cp.spec, cp.items)
+        progress.person_done(cp.result)
     return persons, problems
 
 
-def _finish_person(cp: CheckedPerson, summary: RunSummary, report: ReportWriter | None, progress: Progress) -> None:
-    cp.result = person_verdict(cp.spec, cp.items)
-    summary.add_person(cp.result)
-    if report:
-        report.write_person(cp.result)
-    progress.person_done(cp.result)
+def record(
+    persons: list[CheckedPerson], problems: list[ItemResult], summary: RunSummary, report: ReportWriter | None
+) -> None:
+    """Count and report final results: problems first, then each person's images and the person."""
+    for item in problems:
+        summary.add_item(item)
+        if report:
+            report.write_item(item)
+    for cp in persons:
+        for item in cp.items:
+            summary.add_item(item)
+            if report:
+                report.write_item(item)
+        if cp.result:
+            summary.add_person(cp.result)
+            if report:
+                report.write_person(cp.result)
 
 
 def run_check(
@@ -128,13 +148,15 @@ def run_check(
     checker: FaceChecker,
     report: ReportWriter | None = None,
     progress: Progress | None = None,
+    policy: PersonPolicy | None = None,
     summary: RunSummary | None = None,
 ) -> RunResult:
     """`facecli check` as a library call: check everything, write the report, return the results."""
     summary = summary or RunSummary(command="check")
     summary.ignored_files = len(discovery.ignored)
     try:
-        persons, problems = check_persons(discovery, checker, summary, report, progress)
+        persons, problems = check_persons(discovery, checker, policy, progress)
+        record(persons, problems, summary, report)
     finally:
         summary.finish()
         if report:
@@ -142,5 +164,4 @@ def run_check(
         if progress:
             progress.close()
     items = problems + [i for cp in persons for i in cp.items]
-    return RunResult(summary, items, [cp.result for cp in persons if cp.result])
-
+    return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)

@@ -32,6 +32,8 @@ class ItemResult:
     message: str = ""
     check: ImageCheck | None = None
     line: int | None = None
+    #: Codes raised under a "warn" policy: reported, but the status is unchanged.
+    warnings: list[ReasonCode] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": "image"}
@@ -46,6 +48,7 @@ class ItemResult:
                 "status": str(self.status),
                 "reasons": [str(r) for r in self.reasons],
                 "message": self.message,
+                "warnings": [str(w) for w in self.warnings],
             }
         )
         if self.line is not None:
@@ -62,6 +65,7 @@ class PersonResult:
     images: int = 0
     accepted_images: int = 0
     message: str = ""
+    warnings: list[ReasonCode] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +77,7 @@ class PersonResult:
             "images": self.images,
             "accepted_images": self.accepted_images,
             "message": self.message,
+            "warnings": [str(w) for w in self.warnings],
         }
 
 

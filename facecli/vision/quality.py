@@ -193,3 +193,13 @@ def gate_crop(measurements: dict[str, float], t: Thresholds) -> list[ReasonCode]
     elif measurements["brightness"] > t.max_brightness:
         reasons.append(ReasonCode.OVEREXPOSED)
     return reasons
+
+
+def quality_score(face: Face | None, measurements: dict[str, float]) -> float:
+    """One number to rank a person's accepted images (bigger, sharper, more frontal, surer: better)."""
+    if face is None:
+        return 0.0
+    size = min(face.size, 300.0) / 300.0
+    sharp = min(measurements.get("sharpness", 0.0), 300.0) / 300.0
+    frontal = float(np.cos(np.radians(min(abs(measurements.get("yaw", 0.0)), 89.0))))
+    return face.score * (0.4 + 0.6 * size) * (0.4 + 0.6 * sharp) * frontal

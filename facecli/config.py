@@ -26,6 +26,7 @@ ENV_VARS: dict[str, str] = {
     "db": "FACECLI_DB",
     "server": "FACECLI_SERVER",
     "collection": "FACECLI_COLLECTION",
+    "to": "FACECLI_TARGET",
 }
 
 

@@ -63,6 +63,7 @@ FAILURE_REASONS: frozenset[ReasonCode] = frozenset(
         ReasonCode.UNREADABLE,
         ReasonCode.DECODE_ERROR,
         ReasonCode.UNSUPPORTED_FORMAT,
+        ReasonCode.INVALID_ROW,
         ReasonCode.SERVER_ERROR,
         ReasonCode.AUTH_ERROR,
         ReasonCode.NETWORK_ERROR,

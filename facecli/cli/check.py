@@ -13,17 +13,26 @@ from facecli.errors import ExitCode
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import run_check
 from facecli.pipeline.report import open_report
-from facecli.sources.folder import discover_folder
 
 HELP = """Check photos without sending anything: decode, detect, the exactly-one-usable-face gate, embed.
 
-PATH is a folder (one sub-folder per person, or files named after the person) or one image.
+PATH is a folder (one sub-folder per person, or files named after the person) or one image;
+or give --manifest FILE (CSV or JSON Lines) instead. Per-person checks follow: a photo filed under
+the wrong person (IDENTITY_MISMATCH), the same photo twice (DUPLICATE_IMAGE), one face under two
+ids (DUPLICATE_PERSON), more than --max-images-per-person accepted images (TOO_MANY_IMAGES).
 Exit 0 when every image is accepted, 1 when any is rejected or failed, 2 on usage errors."""
 
 
 @common.fatal_errors
 def check(
     path: Path = typer.Argument(None, help="Folder of photos, or one image file.", show_default=False),
+    manifest: Path = common.ManifestOpt,
+    map_: list[str] = common.MapOpt,
+    metadata: str = common.MetadataOpt,
+    allow_absolute: bool = common.AllowAbsoluteOpt,
+    on_identity_mismatch: str = common.OnMismatchOpt,
+    on_duplicate: str = common.OnDuplicateOpt,
+    max_images_per_person: int = common.MaxImagesOpt,
     report: Path = common.ReportOpt,
     json_out: bool = common.JsonOpt,
     quiet: bool = common.QuietOpt,
@@ -40,16 +49,16 @@ def check(
     settings = Settings(
         {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device}, config_path=config
     )
-    root = common.existing_path(path)
+    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
     cfg = common.build_check_config(settings, threshold, max_megapixels)
-    discovery = discover_folder(root, follow_symlinks=follow_symlinks)
+    discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
     checker = FaceChecker.open(cfg)
     writer = open_report(report) if report else None
     progress = RichProgress(enabled=not (quiet or json_out))
-    result = run_check(discovery, checker, report=writer, progress=progress)
+    result = run_check(discovery, checker, report=writer, progress=progress, policy=policy)
     if json_out:
         print_json(result.summary.to_json())
     elif not quiet:
-        summary_tables(result.summary, result.items, show)
+        summary_tables(result.summary, result.items, show, result.persons)
     code = ExitCode.ITEMS if result.summary.problems or not result.summary.images else ExitCode.OK
     raise typer.Exit(int(code))

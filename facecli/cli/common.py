@@ -83,9 +83,54 @@ FollowOpt = typer.Option(False, "--follow-symlinks", help="Follow symbolic links
 ShowOpt = typer.Option(20, "--show", help="How many problem items to list after the summary (0: none).", min=0)
 
 
-def existing_path(path: Path | None) -> Path:
+ManifestOpt = typer.Option(None, "--manifest", "-m", help="CSV (delimiter sniffed) or .jsonl manifest: person_id, person_name, image/images, optional gender, date_of_birth, nationality, notes; other columns become metadata.", dir_okay=False)
+MapOpt = typer.Option(None, "--map", metavar="FIELD=COLUMN", help="Read a field from a differently named column, e.g. --map person_id=EmployeeID --map image=Photo (repeatable, or comma-separated).")
+MetadataOpt = typer.Option(None, "--metadata", help="Comma-separated manifest columns to keep as metadata (default: every other column).")
+AllowAbsoluteOpt = typer.Option(False, "--allow-absolute", help="Allow absolute image paths in the manifest (default: relative to the manifest's folder only).")
+OnMismatchOpt = typer.Option("reject", "--on-identity-mismatch", help="reject or warn: an image that does not match the person's other images.")
+OnDuplicateOpt = typer.Option("reject", "--on-duplicate", help="reject or warn: duplicate images in the run, and one face under two person_ids.")
+MaxImagesOpt = typer.Option(3, "--max-images-per-person", help="Keep at most N accepted images per person (best quality first; 0 = no limit). The rest are skipped.", min=0)
+
+
+def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int):
+    from facecli.pipeline.persons import POLICIES, PersonPolicy
+
+    for opt, value in (("--on-identity-mismatch", on_identity_mismatch), ("--on-duplicate", on_duplicate)):
+        if value not in POLICIES:
+            raise ConfigError(f"{opt} must be one of {', '.join(POLICIES)}, got {value!r}")
+    return PersonPolicy(on_identity_mismatch=on_identity_mismatch, on_duplicate=on_duplicate,
+                        max_images_per_person=max_images)
+
+
+def load_source(path: Path | None, manifest: Path | None, mapping: list[str] | None, metadata: str | None,
+                allow_absolute: bool, follow_symlinks: bool):
+    """A folder/file PATH or a --manifest, never both: the one place sources are chosen."""
+    if manifest is not None and path is not None:
+        raise ConfigError("give either PATH or --manifest, not both")
+    if manifest is not None:
+        from facecli.sources.manifest import read_manifest
+
+        pairs = parse_pairs([p for m in (mapping or []) for p in m.split(",") if p.strip()], "--map")
+        columns = [c.strip() for c in metadata.split(",") if c.strip()] if metadata else None
+        return read_manifest(manifest, mapping=pairs or None, metadata_columns=columns,
+                             allow_absolute=allow_absolute, follow_symlinks=follow_symlinks)
+    if mapping or metadata or allow_absolute:
+        raise ConfigError("--map, --metadata and --allow-absolute apply to --manifest only")
     if path is None:
-        raise ConfigError("give a folder or image PATH", hint="e.g. facecli check ./photos")
+        raise ConfigError("give a folder or image PATH, or --manifest FILE", hint="e.g. facecli check ./photos")
     if not path.exists():
         raise ConfigError(f"path not found: {path}")
-    return path
+    from facecli.sources.folder import discover_folder
+
+    return discover_folder(path, follow_symlinks=follow_symlinks)
+
+
+ToOpt = typer.Option(None, "--to", help="Target: local (default: the embedded engine), sqlite:///PATH, or http(s)://HOST[:PORT].")
+DbOpt = typer.Option(None, "--db", help="Local engine database file (default $FACECLI_DB or the user data dir).", dir_okay=False)
+CollectionOpt = typer.Option(None, "--collection", "-c", help="Collection name (default: 'default'; letters, digits, '_', '.', '-').")
+
+
+def target_settings(settings: Settings) -> tuple[str, str | None, str]:
+    """(target, db, collection) after flags > env > config > defaults."""
+    target = settings.get("to") or settings.get("server") or "local"
+    return str(target), settings.get("db"), str(settings.get("collection") or "default")

@@ -68,13 +68,22 @@ class RichProgress:
         if self._progress is not None:
             self._progress.update(self._persons, advance=1, detail="")
 
+    def start_sending(self, persons: int) -> None:
+        if self._progress is not None:
+            self._sending = self._progress.add_task("enrolling persons", total=persons, detail="")
+
+    def sent(self, persons: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._sending, advance=persons)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
 
-def summary_tables(summary: RunSummary, items: list[ItemResult], show: int) -> None:
+def summary_tables(summary: RunSummary, items: list[ItemResult], show: int,
+                   persons: list[PersonResult] | None = None) -> None:
     """Counts per status and per reason, then the first ``show`` problem items."""
     t = Table(title=f"{summary.command}: {summary.run_id}", title_justify="left")
     t.add_column("status")
@@ -94,7 +103,7 @@ def summary_tables(summary: RunSummary, items: list[ItemResult], show: int) -> N
         for code, n in summary.reasons.most_common():
             r.add_row(code, str(n), REASON_HELP.get(ReasonCode(code), "") if code in ReasonCode.__members__ else "")
         out.print(r)
-    bad = [i for i in items if str(i.status) in ("rejected", "failed")]
+    bad = [i for i in items if str(i.status) in ("rejected", "failed", "skipped") or i.warnings]
     if bad and show:
         b = Table(title=f"problems (first {min(show, len(bad))} of {len(bad)}; full list with --report)", title_justify="left")
         b.add_column("path", overflow="fold")
@@ -103,9 +112,24 @@ def summary_tables(summary: RunSummary, items: list[ItemResult], show: int) -> N
         b.add_column("reasons")
         b.add_column("message", overflow="fold")
         for i in bad[:show]:
-            b.add_row(i.path, i.person_id or "", f"[{STATUS_STYLE[str(i.status)]}]{i.status}[/]",
-                      ", ".join(map(str, i.reasons)), i.message)
+            codes = ", ".join([*map(str, i.reasons), *(f"{w} (warn)" for w in i.warnings)])
+            b.add_row(i.path, i.person_id or "", f"[{STATUS_STYLE[str(i.status)]}]{i.status}[/]", codes, i.message)
         out.print(b)
+    # Persons whose verdict says more than their single image already did.
+    bad_persons = [p for p in persons or [] if p.warnings or p.images > 1 and str(p.status) in ("rejected", "failed")
+                   or any(r != ReasonCode.NO_ACCEPTED_IMAGE for r in p.reasons)]
+    if bad_persons and show:
+        pt = Table(title=f"persons with problems (first {min(show, len(bad_persons))} of {len(bad_persons)})", title_justify="left")
+        pt.add_column("person")
+        pt.add_column("status")
+        pt.add_column("images", justify="right")
+        pt.add_column("reasons")
+        pt.add_column("warnings")
+        pt.add_column("message", overflow="fold")
+        for p in bad_persons[:show]:
+            pt.add_row(p.person_id, f"[{STATUS_STYLE[str(p.status)]}]{p.status}[/]", f"{p.accepted_images}/{p.images}",
+                       ", ".join(map(str, p.reasons)), ", ".join(map(str, p.warnings)), p.message)
+        out.print(pt)
     if summary.ignored_files:
         out.print(f"[dim]{summary.ignored_files} file(s) ignored (not image files, or symbolic links); not checked[/]")
     out.print(f"[dim]{summary.duration_s:.1f} s[/]")

@@ -18,6 +18,7 @@ import numpy as np
 
 from facecli.errors import ReasonCode, Status, status_for
 from facecli.imaging.decode import DecodedImage, DecodeFailure, DecodeLimits, decode_image
+from facecli.imaging.encode import PayloadSpec, payload_jpeg
 from facecli.imaging.phash import phash
 from facecli.vision.align import align_face
 from facecli.vision.detect import Detector, Face
@@ -40,8 +41,11 @@ class CheckConfig:
     device: str = "cpu"
     decode_workers: int = 2
     embed_batch: int = 16
-    #: Keep the decoded image on each result (needed to build upload payloads); off for plain checks.
+    #: Keep the decoded image on each result (memory-hungry: for tests and library users only).
     keep_images: bool = False
+    #: Encode this image of each accepted face at check time (upload payloads, stored thumbnails),
+    #: so the decoded pixels can be dropped at once instead of being decoded again later.
+    payload: PayloadSpec | None = None
 
 
 @dataclass
@@ -64,6 +68,7 @@ class ImageCheck:
     format: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     image: DecodedImage | None = None
+    payload: bytes | None = field(default=None, repr=False)
     crop: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -210,6 +215,8 @@ class FaceChecker:
             item.timings["align"] = time.perf_counter() - t1
             if not reasons:
                 item.crop = crop
+                if self.config.payload is not None:
+                    item.payload = payload_jpeg(image.rgb, gate.main.box / scale, self.config.payload)
         if gate.others and not gate.comparable:
             messages.append(f"{len(gate.others)} smaller background face(s) ignored")
         item.reasons = reasons

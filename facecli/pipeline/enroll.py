@@ -8,6 +8,8 @@ so report lines are written once those checks are done.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,7 +17,10 @@ from facecli.errors import ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
 from facecli.pipeline.persons import PersonPolicy, apply_person_checks
 from facecli.pipeline.report import ItemResult, PersonResult, ReportWriter, RunSummary
+from facecli.sinks.base import FacePayload, ItemOutcome, PersonPayload, Sink
 from facecli.sources.spec import Discovery, PersonSpec
+
+_DEBUG_BATCH_DELAY = float(os.environ.get("FACECLI_DEBUG_BATCH_DELAY", "0") or 0)
 
 #: Codes on images that say something about the person as a whole (listed on the person line).
 _PERSON_LEVEL = (ReasonCode.IDENTITY_MISMATCH, ReasonCode.DUPLICATE_IMAGE, ReasonCode.DUPLICATE_PERSON,
@@ -28,6 +33,8 @@ class Progress(Protocol):
     def start(self, images: int, persons: int) -> None: ...
     def image_done(self, item: ItemResult) -> None: ...
     def person_done(self, person: PersonResult) -> None: ...
+    def start_sending(self, persons: int) -> None: ...
+    def sent(self, persons: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -39,6 +46,12 @@ class NullProgress:
         pass
 
     def person_done(self, person: PersonResult) -> None:
+        pass
+
+    def start_sending(self, persons: int) -> None:
+        pass
+
+    def sent(self, persons: int) -> None:
         pass
 
     def close(self) -> None:
@@ -158,6 +171,114 @@ def run_check(
         persons, problems = check_persons(discovery, checker, policy, progress)
         record(persons, problems, summary, report)
     finally:
+        summary.finish()
+        if report:
+            report.close(summary)
+        if progress:
+            progress.close()
+    items = problems + [i for cp in persons for i in cp.items]
+    return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)
+
+
+@dataclass(frozen=True)
+class EnrollOptions:
+    collection: str = "default"
+    create_collection: bool = False
+    batch_size: int = 50
+    #: Cap on the encoded images in one batch (remote targets have undocumented payload limits).
+    max_batch_bytes: int = 16 * 1024 * 1024
+    dry_run: bool = False
+
+
+def person_payload(cp: CheckedPerson) -> PersonPayload:
+    spec = cp.spec
+    faces = [
+        FacePayload(image_sha256=c.sha256 or "", source_path=c.path, embedding=c.embedding, jpeg=c.payload,
+                    quality={k: round(v, 3) for k, v in c.quality.items()} | {"det_score": round(c.face.score, 4)})
+        for c in cp.accepted
+    ]
+    return PersonPayload(spec.person_id, spec.person_name, faces, dict(spec.metadata), spec.gender,
+                         spec.date_of_birth, spec.nationality, spec.notes)
+
+
+def batches(payloads: list[tuple[CheckedPerson, PersonPayload]], size: int, max_bytes: int):
+    """Split by person count and by encoded bytes; a single oversized person still goes alone."""
+    batch: list[tuple[CheckedPerson, PersonPayload]] = []
+    nbytes = 0
+    for cp, p in payloads:
+        b = sum(len(f.jpeg or b"") for f in p.faces)
+        if batch and (len(batch) >= size or nbytes + b > max_bytes):
+            yield batch
+            batch, nbytes = [], 0
+        batch.append((cp, p))
+        nbytes += b
+    if batch:
+        yield batch
+
+
+def apply_outcome(cp: CheckedPerson, outcome: ItemOutcome) -> None:
+    """Carry the target's answer for one person onto the person and its accepted images."""
+    assert cp.result is not None
+    accepted = [i for i in cp.items if i.status == Status.ACCEPTED]
+    if outcome.status == Status.ENROLLED:
+        cp.result.status = Status.ENROLLED
+        cp.result.message = "; ".join(m for m in (cp.result.message, outcome.action or "") if m)
+        for i in accepted:
+            i.status = Status.ENROLLED
+        return
+    reason = outcome.reason or ReasonCode.SERVER_ERROR
+    detail = " ".join(x for x in (outcome.server_code or "", outcome.message) if x)
+    cp.result.status = Status.FAILED
+    cp.result.reasons.append(reason)
+    cp.result.message = "; ".join(m for m in (cp.result.message, detail) if m)
+    for i in accepted:
+        i.status = Status.FAILED
+        i.reasons.append(reason)
+        i.message = "; ".join(m for m in (i.message, detail) if m)
+
+
+def run_enroll(
+    discovery: Discovery,
+    checker: FaceChecker,
+    sink: Sink,
+    options: EnrollOptions | None = None,
+    report: ReportWriter | None = None,
+    progress: Progress | None = None,
+    policy: PersonPolicy | None = None,
+    summary: RunSummary | None = None,
+) -> RunResult:
+    """`facecli enroll` as a library call: check, per-person checks, then batches to the sink."""
+    options = options or EnrollOptions()
+    summary = summary or RunSummary(command="enroll", collection=options.collection)
+    summary.ignored_files = len(discovery.ignored)
+    persons: list[CheckedPerson] = []
+    problems: list[ItemResult] = []
+    try:
+        if options.dry_run:
+            exists = getattr(sink, "existing_ids", None)
+        else:
+            sink.ensure_collection(options.collection, options.create_collection)  # fail before the work
+        persons, problems = check_persons(discovery, checker, policy, progress)
+        ready = [(cp, person_payload(cp)) for cp in persons if cp.result and cp.result.status == Status.ACCEPTED]
+        progress = progress or NullProgress()
+        progress.start_sending(len(ready))
+        if options.dry_run:
+            known = exists(options.collection, [p.person_id for _, p in ready]) if exists else set()
+            for cp, p in ready:
+                cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
+                                    f"{p.person_id} with {len(p.faces)} face(s)"
+        else:
+            for batch in batches(ready, options.batch_size, options.max_batch_bytes):
+                outcomes = sink.upsert(options.collection, [p for _, p in batch])
+                by_id = {o.person_id: o for o in outcomes}
+                for cp, p in batch:
+                    apply_outcome(cp, by_id.get(p.person_id) or ItemOutcome(
+                        p.person_id, Status.FAILED, ReasonCode.SERVER_ERROR, message="no result for this person"))
+                progress.sent(len(batch))
+                if _DEBUG_BATCH_DELAY:  # lets crash-safety tests kill a run between batches
+                    time.sleep(_DEBUG_BATCH_DELAY)
+    finally:
+        record(persons, problems, summary, report)
         summary.finish()
         if report:
             report.close(summary)

@@ -1,0 +1,88 @@
+"""`facecli enroll`: check photos, then send the accepted persons to the target in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from facecli.cli import common
+from facecli.cli.console import RichProgress, err, print_json, summary_tables
+from facecli.config import Settings
+from facecli.errors import ExitCode
+from facecli.imaging.encode import PayloadSpec
+from facecli.pipeline.check import FaceChecker
+from facecli.pipeline.enroll import EnrollOptions, run_enroll
+from facecli.pipeline.report import RunSummary, open_report
+from facecli.sinks.base import FACE_STORAGE_TYPES
+from facecli.sinks.factory import open_sink
+
+HELP = """Enroll persons: check every photo (as `facecli check` does), then send accepted persons in batches.
+
+The default target is the embedded local engine (a SQLite file): re-enrolling a person_id updates
+its name and metadata and replaces its faces. Exit 0 when every image is enrolled, 1 when any is
+rejected or failed, 2 on usage errors, 3 when the target refuses the run."""
+
+
+@common.fatal_errors
+def enroll(
+    path: Path = typer.Argument(None, help="Folder of photos, or one image file.", show_default=False),
+    manifest: Path = common.ManifestOpt,
+    to: str = common.ToOpt,
+    db: Path = common.DbOpt,
+    collection: str = common.CollectionOpt,
+    create_collection: bool = typer.Option(False, "--create-collection", help="Create the collection if it does not exist."),
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="Persons per batch (one transaction or request each)."),
+    face_storage_type: str = typer.Option("NoStorage", "--face-storage-type", help="NoStorage, StoreThumbnails or StoreFullImage (as in the OpenCV FR API)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and say what would be created or updated; write nothing."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once if another enroll is writing the same local database."),
+    report: Path = common.ReportOpt,
+    json_out: bool = common.JsonOpt,
+    quiet: bool = common.QuietOpt,
+    map_: list[str] = common.MapOpt,
+    metadata: str = common.MetadataOpt,
+    allow_absolute: bool = common.AllowAbsoluteOpt,
+    on_identity_mismatch: str = common.OnMismatchOpt,
+    on_duplicate: str = common.OnDuplicateOpt,
+    max_images_per_person: int = common.MaxImagesOpt,
+    preset: str = common.PresetOpt,
+    threshold: list[str] = common.ThresholdOpt,
+    max_megapixels: float = common.MaxMpOpt,
+    models_dir: Path = common.ModelsDirOpt,
+    threads: int = common.ThreadsOpt,
+    device: str = common.DeviceOpt,
+    follow_symlinks: bool = common.FollowOpt,
+    show: int = common.ShowOpt,
+    config: Path = common.ConfigOpt,
+) -> None:
+    settings = Settings({"preset": preset, "models_dir": models_dir, "threads": threads, "device": device,
+                         "to": to, "db": db, "collection": collection}, config_path=config)
+    if face_storage_type not in FACE_STORAGE_TYPES:
+        raise common.ConfigError(f"--face-storage-type must be one of {', '.join(FACE_STORAGE_TYPES)}")
+    target, db_path, coll = common.target_settings(settings)
+    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
+    discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
+    sink = open_sink(target, db_path, writer=not dry_run, wait=not no_wait, face_storage_type=face_storage_type,
+                     on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"))
+    try:
+        cfg = common.build_check_config(settings, threshold, max_megapixels)
+        if face_storage_type == "StoreThumbnails" or getattr(sink, "takes_images", False):
+            cfg.payload = PayloadSpec(kind="thumbnail" if not getattr(sink, "takes_images", False) else "face")
+        checker = FaceChecker.open(cfg)
+        writer = open_report(report) if report else None
+        progress = RichProgress(enabled=not (quiet or json_out), label="checking")
+        summary = RunSummary(command="enroll", target=getattr(sink, "target", target), collection=coll)
+        options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size,
+                                dry_run=dry_run)
+        result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
+                            summary=summary)
+    finally:
+        sink.close()
+    if json_out:
+        print_json(result.summary.to_json() | {"dry_run": dry_run})
+    elif not quiet:
+        summary_tables(result.summary, result.items, show, result.persons)
+        if dry_run:
+            err.print("[yellow]dry run: nothing was written[/]")
+    code = ExitCode.ITEMS if result.summary.problems or not result.summary.images else ExitCode.OK
+    raise typer.Exit(int(code))

@@ -1,0 +1,115 @@
+"""The Sink Protocol: one small interface for every enrollment target (local engine, servers).
+
+Pipelines build ``PersonPayload`` objects and read back ``ItemOutcome`` / ``Match`` objects; they
+never know which target is behind the sink, so contract tests can run one scenario on all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from facecli.errors import ReasonCode, Status
+
+FACE_STORAGE_TYPES = ("NoStorage", "StoreThumbnails", "StoreFullImage")
+
+
+@dataclass
+class FacePayload:
+    """One accepted face of a person, as a target needs it."""
+
+    image_sha256: str
+    source_path: str
+    embedding: np.ndarray | None = None  # for targets that take embeddings (the local engine)
+    jpeg: bytes | None = None  # the re-encoded face image (remote targets; stored thumbnails)
+    quality: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PersonPayload:
+    person_id: str
+    person_name: str
+    faces: list[FacePayload]
+    metadata: dict[str, str] = field(default_factory=dict)
+    gender: str | None = None
+    date_of_birth: str | None = None
+    nationality: str | None = None
+    notes: str | None = None
+
+
+@dataclass
+class ItemOutcome:
+    """What the target said about one person of a batch."""
+
+    person_id: str
+    status: Status  # ENROLLED or FAILED
+    reason: ReasonCode | None = None
+    action: str | None = None  # created | updated | unchanged, where the target says
+    server_code: str | None = None
+    message: str = ""
+
+
+@dataclass
+class SearchProbe:
+    embedding: np.ndarray | None = None
+    jpeg: bytes | None = None
+
+
+@dataclass
+class Match:
+    person_id: str
+    person_name: str
+    score: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"person_id": self.person_id, "person_name": self.person_name, "score": round(self.score, 4),
+                "metadata": self.metadata}
+
+
+@runtime_checkable
+class Sink(Protocol):
+    name: str
+
+    def ensure_collection(self, collection: str, create: bool) -> None: ...
+    def upsert(self, collection: str, persons: Sequence[PersonPayload]) -> list[ItemOutcome]: ...
+    def search(self, collection: str, probe: SearchProbe, k: int, min_score: float) -> list[Match]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class CollectionRow:
+    name: str
+    num_persons: int | None = None
+    num_faces: int | None = None
+    created: str | None = None
+    modified: str | None = None
+
+
+@dataclass
+class PersonRow:
+    person_id: str
+    person_name: str
+    metadata: dict[str, str]
+    faces: int | None = None
+    created: str | None = None
+    modified: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"person_id": self.person_id, "person_name": self.person_name, "metadata": self.metadata,
+                "faces": self.faces, "created": self.created, "modified": self.modified, **self.extra}
+
+
+class Gallery(Protocol):
+    """Administration a target may offer (`facecli collections` / `facecli persons`)."""
+
+    def list_collections(self, limit: int | None, offset: int) -> tuple[int, list[CollectionRow]]: ...
+    def create_collection(self, collection: str) -> None: ...
+    def delete_collection(self, collection: str) -> None: ...
+    def list_persons(self, collection: str, limit: int | None, offset: int) -> tuple[int, list[PersonRow]]: ...
+    def get_person(self, collection: str, person_id: str) -> PersonRow | None: ...
+    def delete_person(self, collection: str, person_id: str) -> bool: ...  # False: not found

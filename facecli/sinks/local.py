@@ -1,0 +1,204 @@
+"""The embedded engine as a Sink: the default target, a SQLite file plus a vector index."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import platformdirs
+
+from facecli.engine import engine as eng
+from facecli.errors import ConfigError, ReasonCode, Status, TargetError
+from facecli.sinks.base import (
+    FACE_STORAGE_TYPES,
+    CollectionRow,
+    ItemOutcome,
+    Match,
+    PersonPayload,
+    PersonRow,
+    SearchProbe,
+)
+
+DB_ENV = "FACECLI_DB"
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("facecli")) / "facecli.db"
+
+
+def _target_error(exc: Exception) -> TargetError:
+    if isinstance(exc, eng.CollectionNotFound):
+        return TargetError(str(exc), hint="create it with --create-collection or `facecli collections create NAME`")
+    if isinstance(exc, eng.InvalidCollectionName):
+        err = TargetError(str(exc))
+        err.exit_code = ConfigError.exit_code
+        return err
+    if isinstance(exc, eng.EngineLocked):
+        return TargetError(str(exc), hint="another `facecli enroll` is writing; wait, or drop --no-wait")
+    return TargetError(f"local engine: {exc}")
+
+
+class LocalSink:
+    """Sink and Gallery over :class:`facecli.engine.engine.Engine`."""
+
+    name = "local"
+    takes_images = False  # searches and stores embeddings; images only as optional thumbnails
+
+    def __init__(self, path: str | Path, writer: bool = False, wait: bool = True,
+                 face_storage_type: str = "NoStorage", on_wait: Callable[[str], None] | None = None) -> None:
+        if face_storage_type not in FACE_STORAGE_TYPES:
+            raise ConfigError(f"face storage type must be one of {', '.join(FACE_STORAGE_TYPES)}")
+        self.path = Path(path)
+        self.face_storage_type = face_storage_type
+        try:
+            self.engine = eng.Engine(self.path, lock_timeout=None)
+            if writer:
+                self._take_writer_lock(wait, on_wait)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def _take_writer_lock(self, wait: bool, on_wait: Callable[[str], None] | None) -> None:
+        """Hold the engine's writer lock for the whole run; say so when we have to wait for it."""
+        lock = self.engine.writer_lock(wait=False)
+        try:
+            lock.__enter__()
+        except eng.EngineLocked:
+            if not wait:
+                raise
+            if on_wait:
+                on_wait(f"another writer holds {self.engine.lock_path}; waiting for it to finish (Ctrl-C to stop)")
+            lock = self.engine.writer_lock(wait=True)
+            lock.__enter__()
+        self._writer_lock = lock
+
+    @property
+    def target(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    # -- Sink ------------------------------------------------------------------------------------
+
+    def ensure_collection(self, collection: str, create: bool) -> None:
+        try:
+            if create:
+                self.engine.create_collection(collection, exist_ok=True)
+            else:
+                self.engine.get_collection(collection)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def _stored_image(self, face) -> tuple[bytes | None, str | None]:
+        if self.face_storage_type == "StoreThumbnails" and face.jpeg:
+            return face.jpeg, "thumbnail"
+        if self.face_storage_type == "StoreFullImage":
+            data = Path(face.source_path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != face.image_sha256:
+                raise eng.InvalidInput(f"{face.source_path} changed since it was checked")
+            return data, "full"
+        return None, None
+
+    def _engine_person(self, p: PersonPayload) -> eng.EnginePerson:
+        faces = []
+        for f in p.faces:
+            image, kind = self._stored_image(f)
+            faces.append(eng.EngineFace(embedding=f.embedding, image_sha256=f.image_sha256, quality=dict(f.quality),
+                                        source_path=f.source_path, image=image, image_kind=kind))
+        return eng.EnginePerson(person_id=p.person_id, person_name=p.person_name, metadata=dict(p.metadata),
+                                gender=p.gender, date_of_birth=p.date_of_birth, nationality=p.nationality,
+                                notes=p.notes, faces=faces)
+
+    def upsert(self, collection: str, persons: Sequence[PersonPayload]) -> list[ItemOutcome]:
+        """One transaction per batch. A person the engine refuses is isolated and fails alone."""
+        prepared: list[tuple[PersonPayload, eng.EnginePerson | None, str]] = []
+        for p in persons:
+            try:
+                prepared.append((p, self._engine_person(p), ""))
+            except (OSError, eng.EngineError) as exc:
+                prepared.append((p, None, str(exc)))
+        outcomes = {p.person_id: ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED, message=msg)
+                    for p, ep, msg in prepared if ep is None}
+        good = [ep for _, ep, _ in prepared if ep is not None]
+        try:
+            results = self.engine.upsert_persons(collection, good)
+        except eng.InvalidInput:
+            results = []
+            for ep in good:  # isolate the one the engine refuses
+                try:
+                    results += self.engine.upsert_persons(collection, [ep])
+                except eng.InvalidInput as exc:
+                    outcomes[ep.person_id] = ItemOutcome(ep.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,
+                                                         message=str(exc))
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+        for r in results:
+            outcomes[r.person_id] = ItemOutcome(r.person_id, Status.ENROLLED, action=str(r.action))
+        return [outcomes[p.person_id] for p in persons]
+
+    def search(self, collection: str, probe: SearchProbe, k: int, min_score: float) -> list[Match]:
+        if probe.embedding is None:
+            raise ValueError("the local engine searches by embedding")
+        try:
+            hits = self.engine.search(collection, probe.embedding, k=k, min_score=min_score)[0]
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+        return [Match(h.person_id, h.person_name, h.score, dict(h.metadata)) for h in hits]
+
+    def close(self) -> None:
+        lock, self._writer_lock = getattr(self, "_writer_lock", None), None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        self.engine.close()
+
+    # -- Gallery ---------------------------------------------------------------------------------
+
+    def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
+        """For --dry-run: which of these ids are already in the collection."""
+        try:
+            return {pid for pid in person_ids if self.engine.get_person(collection, pid) is not None}
+        except eng.CollectionNotFound:
+            return set()
+
+    def list_collections(self, limit: int | None, offset: int) -> tuple[int, list[CollectionRow]]:
+        total, rows = self.engine.list_collections(limit=limit, offset=offset)
+        return total, [CollectionRow(c.name, c.num_persons, c.num_faces, c.created, c.modified) for c in rows]
+
+    def create_collection(self, collection: str) -> None:
+        try:
+            self.engine.create_collection(collection)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def delete_collection(self, collection: str) -> None:
+        try:
+            self.engine.delete_collection(collection)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    @staticmethod
+    def _row(p: eng.PersonInfo) -> PersonRow:
+        extra = {k: v for k, v in (("gender", p.gender), ("date_of_birth", p.date_of_birth),
+                                   ("nationality", p.nationality), ("notes", p.notes)) if v}
+        return PersonRow(p.person_id, p.person_name, dict(p.metadata), p.faces, p.created, p.modified, extra)
+
+    def list_persons(self, collection: str, limit: int | None, offset: int) -> tuple[int, list[PersonRow]]:
+        try:
+            total, rows = self.engine.list_persons(collection, limit=limit, offset=offset)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+        return total, [self._row(p) for p in rows]
+
+    def get_person(self, collection: str, person_id: str) -> PersonRow | None:
+        try:
+            p = self.engine.get_person(collection, person_id)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+        return self._row(p) if p else None
+
+    def delete_person(self, collection: str, person_id: str) -> bool:
+        try:
+            self.engine.delete_person(collection, person_id)
+            return True
+        except eng.PersonNotFound:
+            return False
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None

@@ -27,6 +27,7 @@ ENV_VARS: dict[str, str] = {
     "server": "FACECLI_SERVER",
     "collection": "FACECLI_COLLECTION",
     "to": "FACECLI_TARGET",
+    "journal": "FACECLI_JOURNAL",
 }
 
 

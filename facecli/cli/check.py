@@ -9,7 +9,6 @@ import typer
 from facecli.cli import common
 from facecli.cli.console import RichProgress, print_json, summary_tables
 from facecli.config import Settings
-from facecli.errors import ExitCode
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import run_check
 from facecli.pipeline.report import open_report
@@ -44,21 +43,33 @@ def check(
     device: str = common.DeviceOpt,
     follow_symlinks: bool = common.FollowOpt,
     show: int = common.ShowOpt,
+    max_failures: str = common.MaxFailuresOpt,
+    fail_fast: bool = common.FailFastOpt,
+    journal: Path = common.JournalOpt,
+    no_journal: bool = common.NoJournalOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     settings = Settings(
-        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device}, config_path=config
+        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device, "journal": journal},
+        config_path=config,
     )
+    limit = common.parse_max_failures(max_failures)
     policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
     cfg = common.build_check_config(settings, threshold, max_megapixels)
     discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
     checker = FaceChecker.open(cfg)
     writer = open_report(report) if report else None
     progress = RichProgress(enabled=not (quiet or json_out))
-    result = run_check(discovery, checker, report=writer, progress=progress, policy=policy)
+    ledger = common.open_journal(settings, no_journal)
+    try:
+        with common.GracefulStop() as stop:
+            result = run_check(discovery, checker, report=writer, progress=progress, policy=policy,
+                               journal=ledger, stop=stop.event, fail_fast=fail_fast)
+    finally:
+        if ledger:
+            ledger.close()
     if json_out:
         print_json(result.summary.to_json())
     elif not quiet:
         summary_tables(result.summary, result.items, show, result.persons)
-    code = ExitCode.ITEMS if result.summary.problems or not result.summary.images else ExitCode.OK
-    raise typer.Exit(int(code))
+    raise typer.Exit(int(common.exit_code_for(result.summary, limit)))

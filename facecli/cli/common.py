@@ -134,3 +134,83 @@ def target_settings(settings: Settings) -> tuple[str, str | None, str]:
     """(target, db, collection) after flags > env > config > defaults."""
     target = settings.get("to") or settings.get("server") or "local"
     return str(target), settings.get("db"), str(settings.get("collection") or "default")
+
+
+JournalOpt = typer.Option(None, "--journal", help="Run ledger file (default $FACECLI_JOURNAL or the user data dir).", dir_okay=False)
+NoJournalOpt = typer.Option(False, "--no-journal", help="Do not read or write the run ledger (no resume, no cache).")
+MaxFailuresOpt = typer.Option(None, "--max-failures", metavar="N|N%", help="Exit 1 only when more than N images (or N% of them) are rejected or failed.")
+FailFastOpt = typer.Option(False, "--fail-fast", help="Stop at the first rejected or failed image (exit 1).")
+
+
+def open_journal(settings: Settings, no_journal: bool):
+    if no_journal:
+        return None
+    from facecli.pipeline.journal import Journal
+
+    return Journal(settings.get("journal"))
+
+
+def parse_max_failures(value: str | None) -> tuple[float, bool] | None:
+    """"5" -> (5, False); "2.5%" -> (2.5, True)."""
+    if value is None:
+        return None
+    text = value.strip()
+    pct = text.endswith("%")
+    try:
+        n = float(text[:-1] if pct else text)
+    except ValueError:
+        raise ConfigError(f"--max-failures expects N or N%, got {value!r}") from None
+    if n < 0:
+        raise ConfigError("--max-failures must not be negative")
+    return n, pct
+
+
+def exit_code_for(summary, max_failures: tuple[float, bool] | None) -> ExitCode:
+    """0 fine; 1 problems (over --max-failures when given); 130 interrupted (resumable)."""
+    if summary.interrupted:
+        return ExitCode.INTERRUPTED
+    total = sum(summary.images.values())
+    problems = summary.problems
+    if not total:
+        return ExitCode.ITEMS
+    if max_failures is None:
+        return ExitCode.ITEMS if problems else ExitCode.OK
+    n, pct = max_failures
+    limit = total * n / 100 if pct else n
+    return ExitCode.ITEMS if problems > limit else ExitCode.OK
+
+
+class GracefulStop:
+    """Ctrl-C / SIGTERM set an event the pipeline checks between images and batches; a second
+    Ctrl-C aborts at once. The journal is flushed either way."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.event = threading.Event()
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        import signal
+
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.event.set()
+        from facecli.cli.console import err
+
+        err.print("[yellow]stopping: finishing the work in flight (Ctrl-C again to abort)[/]")
+
+    def __enter__(self) -> GracefulStop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -9,7 +9,6 @@ import typer
 from facecli.cli import common
 from facecli.cli.console import RichProgress, err, print_json, summary_tables
 from facecli.config import Settings
-from facecli.errors import ExitCode
 from facecli.imaging.encode import PayloadSpec
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import EnrollOptions, run_enroll
@@ -53,15 +52,25 @@ def enroll(
     device: str = common.DeviceOpt,
     follow_symlinks: bool = common.FollowOpt,
     show: int = common.ShowOpt,
+    force: bool = typer.Option(False, "--force", help="Ignore the run ledger: re-check and re-send every person."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Only persons whose last attempt failed at this target."),
+    max_failures: str = common.MaxFailuresOpt,
+    fail_fast: bool = common.FailFastOpt,
+    journal: Path = common.JournalOpt,
+    no_journal: bool = common.NoJournalOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     settings = Settings({"preset": preset, "models_dir": models_dir, "threads": threads, "device": device,
-                         "to": to, "db": db, "collection": collection}, config_path=config)
+                         "to": to, "db": db, "collection": collection, "journal": journal}, config_path=config)
+    limit = common.parse_max_failures(max_failures)
+    if retry_failed and no_journal:
+        raise common.ConfigError("--retry-failed needs the run ledger; drop --no-journal")
     if face_storage_type not in FACE_STORAGE_TYPES:
         raise common.ConfigError(f"--face-storage-type must be one of {', '.join(FACE_STORAGE_TYPES)}")
     target, db_path, coll = common.target_settings(settings)
     policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
     discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
+    ledger = None
     sink = open_sink(target, db_path, writer=not dry_run, wait=not no_wait, face_storage_type=face_storage_type,
                      on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"))
     try:
@@ -73,16 +82,21 @@ def enroll(
         progress = RichProgress(enabled=not (quiet or json_out), label="checking")
         summary = RunSummary(command="enroll", target=getattr(sink, "target", target), collection=coll)
         options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size,
-                                dry_run=dry_run)
-        result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
-                            summary=summary)
+                                dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast)
+        ledger = None if dry_run else common.open_journal(settings, no_journal)
+        with common.GracefulStop() as stop:
+            result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
+                                summary=summary, journal=ledger, stop=stop.event)
     finally:
         sink.close()
+        if ledger:
+            ledger.close()
     if json_out:
         print_json(result.summary.to_json() | {"dry_run": dry_run})
     elif not quiet:
         summary_tables(result.summary, result.items, show, result.persons)
         if dry_run:
             err.print("[yellow]dry run: nothing was written[/]")
-    code = ExitCode.ITEMS if result.summary.problems or not result.summary.images else ExitCode.OK
-    raise typer.Exit(int(code))
+    if result.summary.interrupted:
+        err.print("[yellow]interrupted: everything confirmed so far is recorded; run the same command again to resume[/]")
+    raise typer.Exit(int(common.exit_code_for(result.summary, limit)))

@@ -9,14 +9,17 @@ so report lines are written once those checks are done.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from facecli.errors import ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
+from facecli.pipeline.journal import Journal, check_config_key, person_content_hash
 from facecli.pipeline.persons import PersonPolicy, apply_person_checks
-from facecli.pipeline.report import ItemResult, PersonResult, ReportWriter, RunSummary
+from facecli.pipeline.report import ItemResult, MultiReport, PersonResult, ReportWriter, RunSummary
 from facecli.sinks.base import FacePayload, ItemOutcome, PersonPayload, Sink
 from facecli.sources.spec import Discovery, PersonSpec
 
@@ -111,10 +114,15 @@ def check_persons(
     checker: FaceChecker,
     policy: PersonPolicy | None = None,
     progress: Progress | None = None,
+    cache: CheckCache | None = None,
+    stop: threading.Event | None = None,
+    fail_fast: bool = False,
 ) -> tuple[list[CheckedPerson], list[ItemResult]]:
     """Check every image of every person, then the per-person checks, then each person's verdict.
 
-    Returns the persons and the source's own problems (unreadable folders, invalid rows).
+    Returns the persons and the source's own problems (unreadable folders, invalid rows). With a
+    ``cache``, images already checked under the same settings are not decoded again. When ``stop``
+    is set the images in flight finish and persons not completely checked are left out.
     """
     progress = progress or NullProgress()
     persons = [CheckedPerson(p) for p in discovery.persons]
@@ -126,15 +134,46 @@ def check_persons(
     for item in problems:
         progress.image_done(item)
     flat = [(cp, img) for cp in persons for img in cp.spec.images]
-    for (cp, _), check in zip(flat, checker.check_paths(img for _, img in flat)):
+    cached: dict[int, ImageCheck] = {}
+    if cache is not None:
+        for n, (_, img) in enumerate(flat):
+            hit = cache.lookup(Path(img))
+            if hit is not None:
+                cached[n] = hit
+    fresh = checker.check_paths(img for n, (_, img) in enumerate(flat) if n not in cached)
+    for n, (cp, _) in enumerate(flat):
+        if stop is not None and stop.is_set():
+            break
+        check = cached.get(n) or next(fresh)
+        if cache is not None and n not in cached:
+            cache.store(check)
         item = ItemResult(check.path, cp.spec.person_id, check.status, list(check.reasons), check.message, check)
         cp.items.append(item)
         progress.image_done(item)
+        if fail_fast and item.status in (Status.REJECTED, Status.FAILED):
+            break
+    fresh.close()
+    persons = [cp for cp in persons if len(cp.items) == len(cp.spec.images)]
     apply_person_checks(persons, policy or PersonPolicy())
     for cp in persons:
         cp.result = person_verdict(cp.spec, cp.items)
         progress.person_done(cp.result)
     return persons, problems
+
+
+class CheckCache:
+    """Check results by (file content, check settings), kept in the run journal."""
+
+    def __init__(self, journal: Journal, checker: FaceChecker) -> None:
+        self.journal = journal
+        self.key = check_config_key(checker)
+
+    def lookup(self, path: Path) -> ImageCheck | None:
+        sha = self.journal.file_sha256(path)
+        return self.journal.cached_check(sha, self.key, str(path)) if sha else None
+
+    def store(self, check: ImageCheck) -> None:
+        self.journal.store_check(check, self.key)
 
 
 def record(
@@ -156,6 +195,23 @@ def record(
                 report.write_person(cp.result)
 
 
+def _finish(summary: RunSummary, report: ReportWriter | None, progress: Progress | None,
+            journal: Journal | None, stop: threading.Event | None) -> None:
+    summary.finish()
+    summary.interrupted = bool(stop is not None and stop.is_set())
+    if report:
+        report.close(summary)
+    if progress:
+        progress.close()
+    if journal:
+        journal.finish_run(summary, "interrupted" if summary.interrupted else "done")
+
+
+def _reporting(report: ReportWriter | None, journal: Journal | None, summary: RunSummary) -> ReportWriter | None:
+    writers = [w for w in (report, journal.report(summary.run_id) if journal else None) if w is not None]
+    return writers[0] if len(writers) == 1 else (MultiReport(writers) if writers else None)
+
+
 def run_check(
     discovery: Discovery,
     checker: FaceChecker,
@@ -163,19 +219,24 @@ def run_check(
     progress: Progress | None = None,
     policy: PersonPolicy | None = None,
     summary: RunSummary | None = None,
+    journal: Journal | None = None,
+    stop: threading.Event | None = None,
+    fail_fast: bool = False,
 ) -> RunResult:
     """`facecli check` as a library call: check everything, write the report, return the results."""
     summary = summary or RunSummary(command="check")
     summary.ignored_files = len(discovery.ignored)
+    if journal:
+        journal.start_run(summary, {})
+    report = _reporting(report, journal, summary)
+    cache = CheckCache(journal, checker) if journal else None
+    persons: list[CheckedPerson] = []
+    problems: list[ItemResult] = []
     try:
-        persons, problems = check_persons(discovery, checker, policy, progress)
-        record(persons, problems, summary, report)
+        persons, problems = check_persons(discovery, checker, policy, progress, cache, stop, fail_fast)
     finally:
-        summary.finish()
-        if report:
-            report.close(summary)
-        if progress:
-            progress.close()
+        record(persons, problems, summary, report)
+        _finish(summary, report, progress, journal, stop)
     items = problems + [i for cp in persons for i in cp.items]
     return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)
 
@@ -188,6 +249,9 @@ class EnrollOptions:
     #: Cap on the encoded images in one batch (remote targets have undocumented payload limits).
     max_batch_bytes: int = 16 * 1024 * 1024
     dry_run: bool = False
+    force: bool = False  # ignore the journal's "already enrolled" records
+    retry_failed: bool = False  # only persons whose last attempt failed at the target
+    fail_fast: bool = False  # stop after the first batch with a failed person
 
 
 def person_payload(cp: CheckedPerson) -> PersonPayload:
@@ -237,6 +301,14 @@ def apply_outcome(cp: CheckedPerson, outcome: ItemOutcome) -> None:
         i.message = "; ".join(m for m in (i.message, detail) if m)
 
 
+def _skipped(spec: PersonSpec, message: str) -> CheckedPerson:
+    cp = CheckedPerson(spec)
+    cp.items = [ItemResult(str(p), spec.person_id, Status.SKIPPED, [ReasonCode.UNCHANGED], message) for p in spec.images]
+    cp.result = PersonResult(spec.person_id, spec.person_name, Status.SKIPPED, [ReasonCode.UNCHANGED],
+                             images=len(spec.images), message=message)
+    return cp
+
+
 def run_enroll(
     discovery: Discovery,
     checker: FaceChecker,
@@ -246,43 +318,89 @@ def run_enroll(
     progress: Progress | None = None,
     policy: PersonPolicy | None = None,
     summary: RunSummary | None = None,
+    journal: Journal | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
-    """`facecli enroll` as a library call: check, per-person checks, then batches to the sink."""
+    """`facecli enroll` as a library call: check, per-person checks, then batches to the sink.
+
+    With a ``journal``: persons already confirmed at this target with the same content are skipped
+    (UNCHANGED) without reading their images again, unchanged images are not decoded again, and
+    every batch is marked ``sent`` before the request and ``confirmed``/``failed`` after, so a run
+    killed at any point re-sends at most the batch that was in flight.
+    """
     options = options or EnrollOptions()
+    policy = policy or PersonPolicy()
+    progress = progress or NullProgress()
     summary = summary or RunSummary(command="enroll", collection=options.collection)
     summary.ignored_files = len(discovery.ignored)
+    target = summary.target or getattr(sink, "target", sink.name)
+    coll = options.collection
+    if journal:
+        journal.start_run(summary, {"options": options, "policy": policy})
+    report = _reporting(report, journal, summary)
     persons: list[CheckedPerson] = []
     problems: list[ItemResult] = []
+    skipped: list[CheckedPerson] = []
+    hashes: dict[str, str] = {}
     try:
-        if options.dry_run:
-            exists = getattr(sink, "existing_ids", None)
-        else:
-            sink.ensure_collection(options.collection, options.create_collection)  # fail before the work
-        persons, problems = check_persons(discovery, checker, policy, progress)
+        exists = getattr(sink, "existing_ids", None) if options.dry_run else None
+        if not options.dry_run:
+            sink.ensure_collection(coll, options.create_collection)  # fail before the work
+        todo = discovery
+        if journal:
+            opts_key = {"check": check_config_key(checker), "policy": policy,
+                        "storage": getattr(sink, "face_storage_type", None)}
+            retry_only = journal.failed_persons(target, coll) if options.retry_failed else None
+            keep = []
+            for spec in discovery.persons:
+                if retry_only is not None and spec.person_id not in retry_only:
+                    continue
+                h = person_content_hash(spec, [journal.file_sha256(Path(p)) for p in spec.images], opts_key)
+                hashes[spec.person_id] = h
+                if not options.force and journal.person_state(target, coll, spec.person_id) == ("confirmed", h):
+                    skipped.append(_skipped(spec, "already enrolled with the same content"))
+                else:
+                    keep.append(spec)
+            todo = Discovery(keep, [] if retry_only is not None else discovery.problems, discovery.ignored)
+        cache = CheckCache(journal, checker) if journal else None
+        persons, problems = check_persons(todo, checker, policy, progress, cache, stop, options.fail_fast)
         ready = [(cp, person_payload(cp)) for cp in persons if cp.result and cp.result.status == Status.ACCEPTED]
-        progress = progress or NullProgress()
         progress.start_sending(len(ready))
         if options.dry_run:
-            known = exists(options.collection, [p.person_id for _, p in ready]) if exists else set()
+            known = exists(coll, [p.person_id for _, p in ready]) if exists else set()
             for cp, p in ready:
                 cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
                                     f"{p.person_id} with {len(p.faces)} face(s)"
+            to_send: list = []
         else:
-            for batch in batches(ready, options.batch_size, options.max_batch_bytes):
-                outcomes = sink.upsert(options.collection, [p for _, p in batch])
-                by_id = {o.person_id: o for o in outcomes}
-                for cp, p in batch:
-                    apply_outcome(cp, by_id.get(p.person_id) or ItemOutcome(
-                        p.person_id, Status.FAILED, ReasonCode.SERVER_ERROR, message="no result for this person"))
-                progress.sent(len(batch))
-                if _DEBUG_BATCH_DELAY:  # lets crash-safety tests kill a run between batches
-                    time.sleep(_DEBUG_BATCH_DELAY)
+            to_send = ready
+        for batch in batches(to_send, options.batch_size, options.max_batch_bytes):
+            if stop is not None and stop.is_set():
+                break
+            ids = [p.person_id for _, p in batch]
+            if journal:
+                journal.mark(target, coll, summary.run_id, [(i, hashes.get(i, ""), "sent", None, "") for i in ids])
+            outcomes = {o.person_id: o for o in sink.upsert(coll, [p for _, p in batch])}
+            for cp, p in batch:
+                apply_outcome(cp, outcomes.get(p.person_id) or ItemOutcome(
+                    p.person_id, Status.FAILED, ReasonCode.SERVER_ERROR, message="no result for this person"))
+            if journal:
+                journal.mark(target, coll, summary.run_id, [
+                    (cp.spec.person_id, hashes.get(cp.spec.person_id, ""),
+                     "confirmed" if cp.result.status == Status.ENROLLED else "failed",
+                     cp.result.reasons[-1] if cp.result.reasons else None, cp.result.message) for cp, _ in batch])
+            progress.sent(len(batch))
+            if options.fail_fast and any(cp.result.status != Status.ENROLLED for cp, _ in batch):
+                break
+            if _DEBUG_BATCH_DELAY:  # lets crash-safety tests kill a run between batches
+                time.sleep(_DEBUG_BATCH_DELAY)
+        for cp, _ in to_send:
+            if cp.result.status == Status.ACCEPTED:  # interrupted before its batch went out
+                cp.result.status = Status.SKIPPED
+                cp.result.message = "not sent: the run stopped first; re-run to resume"
     finally:
+        persons = skipped + persons
         record(persons, problems, summary, report)
-        summary.finish()
-        if report:
-            report.close(summary)
-        if progress:
-            progress.close()
+        _finish(summary, report, progress, journal, stop)
     items = problems + [i for cp in persons for i in cp.items]
     return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)

@@ -96,6 +96,7 @@ class RunSummary:
     reasons: Counter = field(default_factory=Counter)
     ignored_files: int = 0
     retries: int = 0
+    interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
     duration_s: float = 0.0
 
@@ -127,6 +128,7 @@ class RunSummary:
             "ignored_files": self.ignored_files,
             "duration_s": round(self.duration_s, 3),
             "retries": self.retries,
+            "interrupted": self.interrupted,
         }
 
 
@@ -196,12 +198,70 @@ class CsvReport:
         self.fh.close()
 
 
+class JUnitReport:
+    """JUnit XML, one testcase per image, so CI systems show rejected photos as failures."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.items: list[ItemResult] = []
+
+    def write_item(self, item: ItemResult) -> None:
+        self.items.append(item)
+
+    def write_person(self, person: PersonResult) -> None:
+        pass
+
+    def close(self, summary: RunSummary) -> None:
+        import xml.etree.ElementTree as ET
+
+        failures = sum(1 for i in self.items if i.status == Status.REJECTED)
+        errors = sum(1 for i in self.items if i.status == Status.FAILED)
+        skipped = sum(1 for i in self.items if i.status == Status.SKIPPED)
+        suites = ET.Element("testsuites", name="facecli")
+        suite = ET.SubElement(suites, "testsuite", name=f"facecli {summary.command}", tests=str(len(self.items)),
+                              failures=str(failures), errors=str(errors), skipped=str(skipped),
+                              time=f"{summary.duration_s:.3f}")
+        for i in self.items:
+            case = ET.SubElement(suite, "testcase", classname=i.person_id or "", name=i.path)
+            codes = ", ".join(map(str, i.reasons))
+            if i.status == Status.REJECTED:
+                ET.SubElement(case, "failure", message=codes, type="rejected").text = i.message
+            elif i.status == Status.FAILED:
+                ET.SubElement(case, "error", message=codes, type="failed").text = i.message
+            elif i.status == Status.SKIPPED:
+                ET.SubElement(case, "skipped", message=codes or i.message)
+        ET.indent(suites)
+        self.fh.write(ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n")
+        self.fh.close()
+
+
+class MultiReport:
+    """Several writers fed the same lines (the user's report file and the run journal)."""
+
+    def __init__(self, writers: list[ReportWriter]) -> None:
+        self.writers = writers
+
+    def write_item(self, item: ItemResult) -> None:
+        for w in self.writers:
+            w.write_item(item)
+
+    def write_person(self, person: PersonResult) -> None:
+        for w in self.writers:
+            w.write_person(person)
+
+    def close(self, summary: RunSummary) -> None:
+        for w in self.writers:
+            w.close(summary)
+
+
 def open_report(path: str | Path) -> ReportWriter:
-    """A writer chosen by file name: ``.csv`` for CSV, anything else JSON Lines."""
+    """A writer chosen by file name: ``.csv`` CSV, ``.xml`` JUnit XML, anything else JSON Lines."""
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
     fh = io.open(p, "w", encoding="utf-8", newline="")
     if p.suffix.lower() == ".csv":
         return CsvReport(fh)
+    if p.suffix.lower() == ".xml":
+        return JUnitReport(fh)
     return JsonlReport(fh)

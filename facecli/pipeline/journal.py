@@ -1,0 +1,290 @@
+"""The run ledger: what was checked, sent and confirmed where, so re-runs resume and skip.
+
+One SQLite file (WAL) beside the user's data, shared by every run:
+- ``runs``: one row per invocation (command, target, collection, status, summary).
+- ``persons``: per (target, collection, person_id) the content hash last sent and its state:
+  ``sent`` (a request is out; a crash here means "re-send that batch") -> ``confirmed`` or
+  ``failed``. A re-run skips persons confirmed with the same content hash (UNCHANGED).
+- ``files``: (path, size, mtime) -> sha256, so unchanged files are not even read again.
+- ``checks``: (image sha256, check config key) -> the check result, embedding and payload, so
+  unchanged images are not decoded again.
+- ``items``: every report line of every run (`facecli runs show`).
+Every write commits at once or in small groups: a SIGKILL loses at most the check results of the
+last few images and never a confirmation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+
+from facecli.errors import ConfigError, ReasonCode, Status
+from facecli.pipeline.check import CheckConfig, FaceChecker, ImageCheck
+from facecli.pipeline.report import ItemResult, PersonResult, RunSummary
+from facecli.sources.spec import PersonSpec
+from facecli.vision.detect import Face
+
+JOURNAL_ENV = "FACECLI_JOURNAL"
+#: Bump when ImageCheck's meaning changes: old cached checks are then ignored.
+CHECK_CACHE_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, command TEXT NOT NULL, target TEXT, collection TEXT,
+    started REAL NOT NULL, finished REAL, status TEXT NOT NULL, args TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS persons (
+    target TEXT NOT NULL, collection TEXT NOT NULL, person_id TEXT NOT NULL,
+    content_hash TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, message TEXT,
+    run_id TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (target, collection, person_id)
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checks (
+    sha256 TEXT NOT NULL, config_key TEXT NOT NULL, result TEXT NOT NULL,
+    embedding BLOB, payload BLOB, PRIMARY KEY (sha256, config_key)
+);
+CREATE TABLE IF NOT EXISTS items (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, person_id TEXT, path TEXT,
+    status TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+);
+"""
+
+
+def default_journal_path() -> Path:
+    return Path(platformdirs.user_data_dir("facecli")) / "journal.db"
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def check_config_key(checker: FaceChecker) -> str:
+    """Everything that changes a check's result or payload: models, thresholds, limits, payload."""
+    cfg: CheckConfig = checker.config
+    parts = {
+        "v": CHECK_CACHE_VERSION,
+        "detector": checker.detector.model.file.sha256,
+        "recognizer": checker.recognizer.model.file.sha256,
+        "thresholds": cfg.thresholds.to_dict(),
+        "limits": asdict(cfg.limits),
+        "payload": asdict(cfg.payload) if cfg.payload else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def person_content_hash(spec: PersonSpec, image_sha256s: list[str | None], options: dict[str, Any]) -> str:
+    """Who the person is, which images (by content) in which order, and the options that shape
+    what is sent: any change re-sends the person."""
+    doc = {
+        "id": spec.person_id, "name": spec.person_name, "metadata": spec.metadata,
+        "fields": [spec.gender, spec.date_of_birth, spec.nationality, spec.notes],
+        "images": image_sha256s, "options": options,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=_jsonable).encode()).hexdigest()
+
+
+def _face_json(f: Face | None) -> dict | None:
+    if f is None:
+        return None
+    return {"box": f.box.tolist(), "landmarks": f.landmarks.tolist(), "score": f.score}
+
+
+def _face_from(d: dict | None) -> Face | None:
+    if d is None:
+        return None
+    return Face(np.array(d["box"], np.float32), np.array(d["landmarks"], np.float32), float(d["score"]))
+
+
+class Journal:
+    """Thread-safe ledger on one SQLite connection (the pipeline writes from one thread at a time)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path or os.environ.get(JOURNAL_ENV) or default_journal_path()).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot open the run journal {self.path}: {exc}",
+                              hint="use --journal PATH (or FACECLI_JOURNAL) to put it elsewhere") from None
+        self._mu = threading.Lock()
+        self._pending_checks: list[tuple] = []
+
+    def close(self) -> None:
+        with self._mu:
+            self._flush_checks()
+            self.conn.close()
+
+    def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
+        with self._mu:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if isinstance(rows, tuple):
+                    self.conn.execute(sql, rows)
+                else:
+                    self.conn.executemany(sql, rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, summary: RunSummary, args: dict[str, Any]) -> None:
+        self._tx("INSERT INTO runs (run_id, command, target, collection, started, status, args) VALUES (?,?,?,?,?,?,?)",
+                 (summary.run_id, summary.command, summary.target, summary.collection, time.time(), "running",
+                  json.dumps(args, default=_jsonable)))
+
+    def finish_run(self, summary: RunSummary, status: str) -> None:
+        with self._mu:
+            self._flush_checks()
+        self._tx("UPDATE runs SET finished=?, status=?, summary=? WHERE run_id=?",
+                 (time.time(), status, json.dumps(summary.to_json()), summary.run_id))
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT run_id, command, target, collection, started, finished, status, summary FROM runs "
+            "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("run_id", "command", "target", "collection", "started", "finished", "status", "summary")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r))
+            d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+            out.append(d)
+        return out
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        match = [r for r in self.runs(limit=10_000) if r["run_id"] == run_id or r["run_id"].startswith(run_id)]
+        return match[0] if len(match) == 1 else None
+
+    def run_items(self, run_id: str, failed_only: bool = False) -> list[dict[str, Any]]:
+        sql = "SELECT line FROM items WHERE run_id=?"
+        if failed_only:
+            sql += " AND status IN ('failed', 'rejected')"
+        return [json.loads(r[0]) for r in self.conn.execute(sql + " ORDER BY seq", (run_id,))]
+
+    def report(self, run_id: str) -> JournalReport:
+        return JournalReport(self, run_id)
+
+    def add_items(self, rows: list[tuple]) -> None:
+        if rows:
+            self._tx("INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?)", rows)
+
+    # -- persons ---------------------------------------------------------------------------------
+
+    def person_state(self, target: str, collection: str, person_id: str) -> tuple[str, str] | None:
+        row = self.conn.execute("SELECT state, content_hash FROM persons WHERE target=? AND collection=? AND person_id=?",
+                                (target, collection, person_id)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def failed_persons(self, target: str, collection: str) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT person_id FROM persons WHERE target=? AND collection=? AND state='failed'", (target, collection))}
+
+    def mark(self, target: str, collection: str, run_id: str,
+             states: list[tuple[str, str, str, ReasonCode | None, str]]) -> None:
+        """states: (person_id, content_hash, state, reason, message), committed together."""
+        now = time.time()
+        self._tx("INSERT INTO persons VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(target, collection, person_id) DO UPDATE SET "
+                 "content_hash=excluded.content_hash, state=excluded.state, reason=excluded.reason, "
+                 "message=excluded.message, run_id=excluded.run_id, updated=excluded.updated",
+                 [(target, collection, pid, h, st, str(r) if r else None, msg, run_id, now) for pid, h, st, r, msg in states])
+
+    # -- files and cached checks -----------------------------------------------------------------
+
+    def file_sha256(self, path: Path) -> str | None:
+        """sha256 of a file, from the ledger when its size and mtime are unchanged; None if unreadable."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = str(path.resolve())
+        row = self.conn.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path=?", (key,)).fetchone()
+        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            return row[2]
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+        self._tx("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (key, st.st_size, st.st_mtime_ns, digest))
+        return digest
+
+    def cached_check(self, sha256: str, config_key: str, path: str) -> ImageCheck | None:
+        row = self.conn.execute("SELECT result, embedding, payload FROM checks WHERE sha256=? AND config_key=?",
+                                (sha256, config_key)).fetchone()
+        if row is None:
+            return None
+        d = json.loads(row[0])
+        return ImageCheck(
+            path=path, status=Status(d["status"]), reasons=[ReasonCode(r) for r in d["reasons"]],
+            message=d["message"], faces=d["faces"], face=_face_from(d["face"]),
+            other_faces=[_face_from(f) for f in d["other_faces"]], quality=d["quality"],
+            embedding=np.frombuffer(row[1], dtype="<f4").copy() if row[1] is not None else None,
+            sha256=sha256, phash=d["phash"], width=d["width"], height=d["height"], format=d["format"],
+            timings={"cached": 1.0}, payload=row[2],
+        )
+
+    def store_check(self, check: ImageCheck, config_key: str) -> None:
+        """Queue a check result; written in groups (a crash loses at most the last few)."""
+        if not check.sha256 or check.status == Status.FAILED:
+            return  # failures (unreadable, corrupt) are cheap to redo and may be transient
+        d = {"status": str(check.status), "reasons": [str(r) for r in check.reasons], "message": check.message,
+             "faces": check.faces, "face": _face_json(check.face), "other_faces": [_face_json(f) for f in check.other_faces],
+             "quality": check.quality, "phash": check.phash, "width": check.width, "height": check.height,
+             "format": check.format}
+        emb = check.embedding.astype("<f4").tobytes() if check.embedding is not None else None
+        with self._mu:
+            self._pending_checks.append((check.sha256, config_key, json.dumps(d), emb, check.payload))
+            if len(self._pending_checks) >= 16:
+                self._flush_checks()
+
+    def _flush_checks(self) -> None:
+        rows, self._pending_checks = self._pending_checks, []
+        if rows:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR REPLACE INTO checks VALUES (?,?,?,?,?)", rows)
+            self.conn.execute("COMMIT")
+
+
+class JournalReport:
+    """A ReportWriter that stores every report line of a run in the journal (`facecli runs show`)."""
+
+    def __init__(self, journal: Journal, run_id: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.rows: list[tuple] = []
+
+    def _add(self, obj: dict[str, Any]) -> None:
+        self.rows.append((self.run_id, len(self.rows) + 1, obj.get("kind", "image"), obj.get("person_id"),
+                          obj.get("path"), obj.get("status"), json.dumps(obj, ensure_ascii=False)))
+        if len(self.rows) % 500 == 0:
+            self.journal.add_items(self.rows[-500:])
+
+    def write_item(self, item: ItemResult) -> None:
+        self._add(item.to_json())
+
+    def write_person(self, person: PersonResult) -> None:
+        self._add(person.to_json())
+
+    def close(self, summary: RunSummary) -> None:
+        self.journal.add_items(self.rows[len(self.rows) // 500 * 500:])

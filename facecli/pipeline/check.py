@@ -7,6 +7,7 @@ batch of 16 costs far less than 16 single calls. Results still come out in input
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,9 +38,9 @@ class CheckConfig:
     models_dir: str | Path | None = None
     detector_path: str | Path | None = None
     recognizer_path: str | Path | None = None
-    threads: int | None = None
+    threads: int | None = None  # onnxruntime intra-op threads; default: the cores decoding leaves free
     device: str = "cpu"
-    decode_workers: int = 2
+    decode_workers: int | None = None  # default: half the cores (1 on a 2-core machine), at most 4
     embed_batch: int = 16
     #: Keep the decoded image on each result (memory-hungry: for tests and library users only).
     keep_images: bool = False
@@ -110,8 +111,13 @@ class FaceChecker:
 
     @classmethod
     def open(cls, config: CheckConfig | None = None) -> FaceChecker:
+        """Load both models. Threads: decoding and inference run as two overlapped streams, so by
+        default they split the cores rather than each asking for all of them."""
         config = config or CheckConfig()
-        threads = config.threads or default_threads()
+        cores = os.cpu_count() or 1
+        if config.decode_workers is None:
+            config.decode_workers = max(1, min(4, cores // 2))
+        threads = config.threads or max(1, min(default_threads(), cores - config.decode_workers))
         det = Detector(
             resolve_model(DEFAULT_DETECTOR, config.detector_path, config.models_dir),
             threads=threads,

@@ -207,6 +207,11 @@ def _finish(summary: RunSummary, report: ReportWriter | None, progress: Progress
         journal.finish_run(summary, "interrupted" if summary.interrupted else "done")
 
 
+def _result(summary: RunSummary, persons: list[CheckedPerson], problems: list[ItemResult]) -> RunResult:
+    items = problems + [i for cp in persons for i in cp.items]
+    return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)
+
+
 def _reporting(report: ReportWriter | None, journal: Journal | None, summary: RunSummary) -> ReportWriter | None:
     writers = [w for w in (report, journal.report(summary.run_id) if journal else None) if w is not None]
     return writers[0] if len(writers) == 1 else (MultiReport(writers) if writers else None)
@@ -237,8 +242,7 @@ def run_check(
     finally:
         record(persons, problems, summary, report)
         _finish(summary, report, progress, journal, stop)
-    items = problems + [i for cp in persons for i in cp.items]
-    return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)
+    return _result(summary, persons, problems)
 
 
 @dataclass(frozen=True)
@@ -371,10 +375,8 @@ def run_enroll(
             for cp, p in ready:
                 cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
                                     f"{p.person_id} with {len(p.faces)} face(s)"
-            to_send: list = []
-        else:
-            to_send = ready
-        for batch in batches(to_send, options.batch_size, options.max_batch_bytes):
+            ready = []
+        for batch in batches(ready, options.batch_size, options.max_batch_bytes):
             if stop is not None and stop.is_set():
                 break
             ids = [p.person_id for _, p in batch]
@@ -394,13 +396,13 @@ def run_enroll(
                 break
             if _DEBUG_BATCH_DELAY:  # lets crash-safety tests kill a run between batches
                 time.sleep(_DEBUG_BATCH_DELAY)
-        for cp, _ in to_send:
+        for cp, _ in ready:
             if cp.result.status == Status.ACCEPTED:  # interrupted before its batch went out
                 cp.result.status = Status.SKIPPED
                 cp.result.message = "not sent: the run stopped first; re-run to resume"
     finally:
+        summary.retries = int(getattr(sink, "retries", 0) or 0)  # remote sinks count their HTTP retries
         persons = skipped + persons
         record(persons, problems, summary, report)
         _finish(summary, report, progress, journal, stop)
-    items = problems + [i for cp in persons for i in cp.items]
-    return RunResult(summary, items, [cp.result for cp in persons if cp.result], persons)
+    return _result(summary, persons, problems)

@@ -167,6 +167,7 @@ def bench_size(workdir: Path, n: int, queries: int, k: int) -> dict[str, float]:
     e.close()
 
     cold = cold_process(db)
+    cli = cold_cli(db)
     ms = np.array(lat) * 1e3
     db_mb = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file()) / 1e6
     return {
@@ -184,9 +185,26 @@ def bench_size(workdir: Path, n: int, queries: int, k: int) -> dict[str, float]:
         "batch32_per_query_ms": t_batch * 1e3,
         "cold_process_s": statistics.median(cold),
         "cold_process_min_s": min(cold),
+        "cold_cli_s": statistics.median(cli) if cli else float("nan"),
         "recall_probe": found / max(1, len(picks)),
         "db_mb": db_mb,
     }
+
+
+def cold_cli(db: Path) -> list[float]:
+    """`facecli search PHOTO` as a user runs it, from process start to printed result."""
+    models = os.environ.get("FACECLI_MODELS_DIR") or str(REPO.parent / "shared" / "models")
+    if not Path(models, "dlib_resnet_faceapi_rec_u8.onnx").is_file():
+        return []
+    env = {**os.environ, "FACECLI_MODELS_DIR": models, "FACECLI_JOURNAL": str(db.parent / "journal.db")}
+    cmd = [sys.executable, "-m", "facecli", "search", str(REPO / "sample_images" / "grace_hopper.jpg"),
+           "--db", str(db), "-c", COLLECTION, "--min-score", "-1", "--json"]
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _print_row(r: dict[str, float]) -> None:
@@ -205,6 +223,8 @@ def _print_row(r: dict[str, float]) -> None:
         f" batch of 32: {r['batch32_per_query_ms']:.2f} ms/query)\n"
         f"  cold process      {r['cold_process_s']:8.2f} s   (median of 3, min"
         f" {r['cold_process_min_s']:.2f} s)\n"
+        f"  cold facecli search {r['cold_cli_s']:6.2f} s   (process start to printed JSON: imports, models,"
+        " photo, search; median of 3)\n"
         f"  db on disk        {r['db_mb']:8.0f} MB\n"
         f"  near-dup probes found at rank 1: {r['recall_probe']:.0%}",
         flush=True,
@@ -228,6 +248,9 @@ def main() -> None:
             rows.append(r)
             _print_row(r)
         for r in rows:
+            if r["faces"] == 100_000 and r["cold_cli_s"] == r["cold_cli_s"]:
+                ok = r["cold_cli_s"] <= 1.5
+                print(f"target cold facecli search <= 1.5 s at 100k: {r['cold_cli_s']:.2f} s -> {'PASS' if ok else 'FAIL'}")
             if r["faces"] == 1_000_000:
                 ok = r["p50_ms"] <= 30
                 print(

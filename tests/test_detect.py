@@ -54,3 +54,21 @@ def test_landmarks_are_in_order_and_inside_the_box():
     assert le[1] < nose[1] < lm[1]  # eyes above nose above mouth
     assert (face.landmarks[:, 0] > x).all() and (face.landmarks[:, 0] < x + w).all()
     assert 0.8 <= face.score <= 1.0
+
+
+@needs_models
+def test_recognizer_graph_cache_gives_identical_embeddings(tmp_path, monkeypatch):
+    from facecli.vision.embed import Recognizer
+    from facecli.vision.models import resolve_model
+    from facecli.vision.runtime import optimized_cache_path
+
+    model = resolve_model("dlib-resnet", models_dir=MODELS)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 150, 150, 3), dtype=np.uint8)
+    first = Recognizer(model, threads=1)  # builds the cache
+    cached = optimized_cache_path(model.path, model.file.sha256)
+    assert cached.is_file()
+    second = Recognizer(model, threads=1)  # loads from it
+    assert np.abs(first.embed(crops) - second.embed(crops)).max() < 1e-5
+    cached.write_bytes(b"garbage")  # a damaged entry is dropped, not fatal
+    third = Recognizer(model, threads=1)
+    assert np.abs(first.embed(crops) - third.embed(crops)).max() < 1e-5

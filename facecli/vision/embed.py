@@ -24,7 +24,7 @@ class Recognizer:
     def __init__(self, model: ResolvedModel, threads: int | None = None, device: str = "cpu",
                  max_batch: int = 32) -> None:
         self.model = model
-        self.session = make_session(model.path, threads, device)
+        self.session = make_session(model.path, threads, device, sha256=model.file.sha256)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.crop_size = model.file.input_size[0] if model.file.input_size else 150

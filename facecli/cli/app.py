@@ -11,6 +11,7 @@ from facecli import __version__
 from facecli.cli import check as check_cmd
 from facecli.cli import enroll as enroll_cmd
 from facecli.cli import gallery
+from facecli.cli import models as models_cmd
 from facecli.cli import runs
 from facecli.cli import search as search_cmd
 from facecli.cli.console import print_error
@@ -46,6 +47,7 @@ app.command("enroll", help=enroll_cmd.HELP)(enroll_cmd.enroll)
 app.command("search", help=search_cmd.HELP)(search_cmd.search)
 app.add_typer(gallery.collections_app, name="collections")
 app.add_typer(gallery.persons_app, name="persons")
+app.add_typer(models_cmd.models_app, name="models")
 app.add_typer(runs.runs_app, name="runs")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from facecli.errors import ReasonCode, Status
 from facecli.imaging.phash import hamming
-from facecli.vision.embed import MATCH_THRESHOLD, l2_normalize
+from facecli.vision.embed import DUPLICATE_THRESHOLD, MATCH_THRESHOLD, l2_normalize
 from facecli.vision.quality import quality_score
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class PersonPolicy:
     on_duplicate: str = "reject"
     max_images_per_person: int = 3  # 0: no limit. OpenCV FR cloud takes at most 3.
     match_threshold: float = MATCH_THRESHOLD
-    duplicate_threshold: float = MATCH_THRESHOLD
+    duplicate_threshold: float = DUPLICATE_THRESHOLD
 
 
 def _flag(item: ItemResult, reason: ReasonCode, policy: str, message: str, status: Status = Status.REJECTED) -> None:

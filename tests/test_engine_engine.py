@@ -1,4 +1,7 @@
-"""Engine API on real SQLite files: collections, upserts, search, caches, locks, crashes."""
+"""The SQLite engine's own behaviour on real files: the DB file, index cache, file lock, crashes.
+
+The scenarios every engine must pass (collections, upserts, search) are in test_engine_contract.py,
+which runs each of them on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +21,11 @@ import pytest
 
 import facecli
 from facecli.engine import (
-    CollectionExists,
-    CollectionNotFound,
     Engine,
     EngineClosed,
     EngineFace,
     EngineLocked,
     EnginePerson,
-    InvalidCollectionName,
-    InvalidInput,
-    PersonNotFound,
 )
 
 DIM = 128
@@ -79,49 +76,6 @@ def test_open_creates_parents_and_file(db: Path) -> None:
         e.list_collections()
 
 
-def test_collections_create_list_delete(db: Path) -> None:
-    with Engine(db) as e:
-        info = e.create_collection("b-1.x_y")
-        assert (info.name, info.num_persons, info.num_faces) == ("b-1.x_y", 0, 0)
-        assert info.created.endswith("Z")
-        with pytest.raises(CollectionExists):
-            e.create_collection("b-1.x_y")
-        assert e.create_collection("b-1.x_y", exist_ok=True).created == info.created
-        e.create_collection("a")
-        e.create_collection("c")
-        total, page = e.list_collections(limit=2, offset=1)
-        assert total == 3 and [c.name for c in page] == ["b-1.x_y", "c"]
-        e.delete_collection("a")
-        assert [c.name for c in e.list_collections()[1]] == ["b-1.x_y", "c"]
-        with pytest.raises(CollectionNotFound):
-            e.delete_collection("a")
-
-
-@pytest.mark.parametrize("name", ["", "a b", "a/b", "é", "x;y", "../up", "a\n"])
-def test_invalid_collection_names(db: Path, name: str) -> None:
-    with Engine(db) as e:
-        with pytest.raises(InvalidCollectionName):
-            e.create_collection(name)
-        with pytest.raises(ValueError):  # also a ValueError for generic callers
-            e.search(name, np.ones(DIM, np.float32))
-
-
-def test_missing_collection_everywhere(engine: Engine) -> None:
-    q = np.ones(DIM, np.float32)
-    for call in (
-        lambda: engine.upsert_persons("nope", [EnginePerson("p")]),
-        lambda: engine.upsert_persons("nope", []),
-        lambda: engine.search("nope", q),
-        lambda: engine.list_persons("nope"),
-        lambda: engine.get_person("nope", "p"),
-        lambda: engine.delete_person("nope", "p"),
-        lambda: engine.counts("nope"),
-        lambda: engine.get_collection("nope"),
-    ):
-        with pytest.raises(CollectionNotFound):
-            call()
-
-
 def test_delete_collection_cascades_and_drops_cache(db: Path) -> None:
     rng = np.random.default_rng(0)
     with Engine(db) as e:
@@ -143,100 +97,6 @@ def test_delete_collection_cascades_and_drops_cache(db: Path) -> None:
 
 
 # ------------------------------------------------------------------ upsert semantics
-
-
-def test_upsert_create_update_unchanged(engine: Engine) -> None:
-    rng = np.random.default_rng(1)
-    v = _unit(rng, 3)
-    p = _person("alice", v[:2], name="Alice", metadata={"dept": "x"}, gender="F")
-    assert [r.action for r in engine.upsert_persons("c", [p])] == ["created"]
-    first = engine.get_person("c", "alice")
-    assert first is not None and first.faces == 2 and first.gender == "F"
-    gen0 = engine.load_index("c").generation
-
-    time.sleep(0.002)
-    assert [r.action for r in engine.upsert_persons("c", [p])] == ["unchanged"]
-    same = engine.get_person("c", "alice")
-    assert same == first  # modified not bumped
-    assert engine.load_index("c").generation == gen0  # nothing written
-
-    # faces in another order are still the same set
-    p_rev = _person("alice", v[:2], name="Alice", metadata={"dept": "x"}, gender="F")
-    p_rev.faces.reverse()
-    assert engine.upsert_persons("c", [p_rev])[0].action == "unchanged"
-
-    # new faces replace the old ones; created kept, modified bumped
-    p2 = _person("alice", v[2:], name="Alice B", metadata={"dept": "y"})
-    assert engine.upsert_persons("c", [p2])[0].action == "updated"
-    after = engine.get_person("c", "alice")
-    assert after is not None
-    assert (after.person_name, after.metadata, after.faces, after.gender) == (
-        "Alice B",
-        {"dept": "y"},
-        1,
-        None,
-    )
-    assert after.created == first.created and after.modified > first.modified
-    assert engine.counts("c") == (1, 1)
-    hit = engine.search("c", v[2], k=1)[0][0]
-    assert (hit.person_id, hit.person_name) == ("alice", "Alice B")
-    assert hit.score == pytest.approx(1.0, abs=1e-5)
-    assert engine.search("c", v[0], k=1, min_score=-1.0)[0][0].score < 0.5  # old face gone
-
-
-def test_metadata_only_change_keeps_faces_and_index(engine: Engine) -> None:
-    rng = np.random.default_rng(2)
-    v = _unit(rng, 2)
-    engine.upsert_persons("c", [_person("bob", v)])
-    engine.search("c", v[0])
-    gen = engine.load_index("c").generation
-    ids = sorted(h.face_id for h in engine.search("c", v, k=1)[0] + engine.search("c", v, k=1)[1])
-    r = engine.upsert_persons("c", [_person("bob", v, metadata={"a": "1"})])
-    assert r[0].action == "updated"
-    assert engine.load_index("c").generation == gen  # no face write, index still valid
-    ids2 = sorted(h.face_id for h in engine.search("c", v, k=1)[0] + engine.search("c", v, k=1)[1])
-    assert ids2 == ids
-    assert engine.search("c", v[0], k=1)[0][0].metadata == {"a": "1"}
-
-
-def test_person_ids_case_sensitive_and_repeats_in_batch(engine: Engine) -> None:
-    rng = np.random.default_rng(3)
-    v = _unit(rng, 4)
-    res = engine.upsert_persons(
-        "c",
-        [
-            _person("Bob", v[:1]),
-            _person("bob", v[1:2]),
-            _person("Bob", v[2:3]),
-            _person("Bob", v[2:3]),
-        ],
-    )
-    assert [r.action for r in res] == ["created", "created", "updated", "unchanged"]
-    assert engine.counts("c") == (2, 2)
-    total, persons = engine.list_persons("c")
-    assert total == 2 and [p.person_id for p in persons] == ["Bob", "bob"]
-
-
-def test_invalid_input_writes_nothing(engine: Engine) -> None:
-    rng = np.random.default_rng(4)
-    good = _person("ok", _unit(rng, 1))
-    bad_vectors = [
-        np.full(DIM, np.nan, np.float32),
-        np.zeros(DIM, np.float32),
-        np.ones((2, DIM), np.float32),
-    ]
-    for vec in bad_vectors:
-        with pytest.raises(InvalidInput):
-            engine.upsert_persons("c", [good, EnginePerson("bad", faces=[_face(vec, "s")])])
-    with pytest.raises(InvalidInput):
-        engine.upsert_persons("c", [good, EnginePerson("bad", metadata={"a": 1})])  # type: ignore[dict-item]
-    with pytest.raises(InvalidInput):
-        engine.upsert_persons("c", [EnginePerson("")])
-    assert engine.counts("c") == (0, 0)
-    engine.upsert_persons("c", [good])
-    with pytest.raises(InvalidInput, match="dimension"):  # collection already holds 128-d faces
-        engine.upsert_persons("c", [_person("small", _unit(rng, 1, 64))])
-    assert engine.counts("c") == (1, 1)
 
 
 def test_embeddings_are_normalised_and_fields_stored(engine: Engine, db: Path) -> None:
@@ -261,20 +121,6 @@ def test_embeddings_are_normalised_and_fields_stored(engine: Engine, db: Path) -
     assert (quality, path, image, kind) == ('{"sharpness":3.5}', "a/b.jpg", b"\xff\xd8jpeg", "full")
 
 
-def test_list_get_delete_persons(engine: Engine) -> None:
-    rng = np.random.default_rng(5)
-    engine.upsert_persons("c", [_person(f"p{i:02d}", _unit(rng, i % 3 + 1)) for i in range(12)])
-    total, page = engine.list_persons("c", limit=5, offset=5)
-    assert total == 12 and [p.person_id for p in page] == [f"p{i:02d}" for i in range(5, 10)]
-    assert [p.faces for p in page] == [i % 3 + 1 for i in range(5, 10)]
-    assert engine.get_person("c", "zz") is None
-    engine.delete_person("c", "p03")
-    with pytest.raises(PersonNotFound):
-        engine.delete_person("c", "p03")
-    assert engine.get_person("c", "p03") is None
-    assert engine.counts("c") == (11, sum(i % 3 + 1 for i in range(12)) - 1)
-
-
 # ------------------------------------------------------------------ search
 
 
@@ -288,69 +134,6 @@ def _gallery(
         owners += [i] * len(v)
         vecs.append(v)
     return persons, np.array(owners), np.concatenate(vecs)
-
-
-def _expected(
-    q: np.ndarray, owners: np.ndarray, vecs: np.ndarray, n_persons: int, k: int, min_score: float
-) -> list[tuple[str, float]]:
-    s = vecs.astype(np.float64) @ q.astype(np.float64)
-    best = np.full(n_persons, -np.inf)
-    np.maximum.at(best, owners, s)
-    order = np.argsort(-best, kind="stable")
-    return [(f"id{i}", float(best[i])) for i in order[:k] if best[i] >= min_score]
-
-
-@pytest.mark.parametrize("k,min_score", [(1, 0.0), (5, 0.0), (20, -1.0), (10, 0.15)])
-def test_search_matches_brute_force(engine: Engine, k: int, min_score: float) -> None:
-    rng = np.random.default_rng(k)
-    persons, owners, vecs = _gallery(rng, 300)
-    for start in range(0, 300, 100):
-        engine.upsert_persons("c", persons[start : start + 100])
-    # queries near stored faces and random ones
-    queries = np.concatenate(
-        [vecs[rng.integers(0, len(vecs), 5)] + 0.05 * _unit(rng, 5), _unit(rng, 5)]
-    )
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    results = engine.search("c", queries, k=k, min_score=min_score)
-    assert len(results) == len(queries)
-    for q, hits in zip(queries, results, strict=True):
-        want = _expected(q, owners, vecs, 300, k, min_score)
-        assert [h.person_id for h in hits] == [w[0] for w in want]
-        np.testing.assert_allclose([h.score for h in hits], [w[1] for w in want], atol=1e-5)
-        assert len({h.person_id for h in hits}) == len(hits)
-        assert all(h.score >= min_score for h in hits)
-        for h in hits:
-            assert h.metadata == {"i": h.person_id[2:]}
-    single = engine.search("c", queries[0], k=k, min_score=min_score)
-    assert [h.person_id for h in single[0]] == [h.person_id for h in results[0]]
-
-
-def test_search_widens_when_one_person_floods_the_candidates(engine: Engine) -> None:
-    rng = np.random.default_rng(7)
-    q = _unit(rng, 1)[0]
-    near = q + 0.01 * _unit(rng, 200)
-    near /= np.linalg.norm(near, axis=1, keepdims=True)
-    others = _unit(rng, 10)
-    engine.upsert_persons(
-        "c", [_person("flood", near)] + [_person(f"o{i}", others[i : i + 1]) for i in range(10)]
-    )
-    hits = engine.search("c", q, k=5, min_score=-1.0)[0]
-    assert hits[0].person_id == "flood"
-    assert len(hits) == 5 and len({h.person_id for h in hits}) == 5
-    want = np.sort(others @ q)[::-1][:4]
-    np.testing.assert_allclose([h.score for h in hits[1:]], want, atol=1e-5)
-
-
-def test_search_edge_cases(engine: Engine) -> None:
-    rng = np.random.default_rng(8)
-    assert engine.search("c", _unit(rng, 3), k=3) == [[], [], []]  # empty collection
-    engine.upsert_persons("c", [_person("a", _unit(rng, 1))])
-    assert engine.search("c", _unit(rng, 1), k=0) == [[]]
-    with pytest.raises(InvalidInput):
-        engine.search("c", np.ones(64, np.float32))
-    with pytest.raises(InvalidInput):
-        engine.search("c", np.zeros(DIM, np.float32))
-    assert len(engine.search("c", _unit(rng, 1)[0], k=10, min_score=-1.0)[0]) == 1
 
 
 # ------------------------------------------------------------------ index cache
@@ -486,40 +269,6 @@ def test_reader_searches_while_a_write_transaction_is_open(db: Path) -> None:
     finally:
         raw.execute("ROLLBACK")
         raw.close()
-
-
-def test_threads_share_one_engine(engine: Engine) -> None:
-    rng = np.random.default_rng(14)
-    vecs = _unit(rng, 80)
-    errors: list[BaseException] = []
-
-    def write(t: int) -> None:
-        try:
-            for i in range(10):
-                engine.upsert_persons(
-                    "c", [_person(f"t{t}-{i}", vecs[t * 10 + i : t * 10 + i + 1])]
-                )
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    def read() -> None:
-        try:
-            for _ in range(30):
-                engine.search("c", vecs[:3], k=3)
-        except BaseException as exc:  # pragma: no cover
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
-    threads += [threading.Thread(target=read) for _ in range(3)]
-    with engine.writer_lock():  # a session opened on this thread covers the workers' writes
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=30)
-    assert not errors
-    assert engine.counts("c") == (40, 40)
-    hits = engine.search("c", vecs[:40], k=1)
-    assert [h[0].person_id for h in hits] == [f"t{i // 10}-{i % 10}" for i in range(40)]
 
 
 CRASHER = textwrap.dedent(

@@ -14,6 +14,7 @@ from facecli.cli import gallery
 from facecli.cli import models as models_cmd
 from facecli.cli import runs
 from facecli.cli import search as search_cmd
+from facecli.cli import serve as serve_cmd
 from facecli.cli.console import print_error
 from facecli.errors import ExitCode, FacecliError
 
@@ -45,6 +46,7 @@ def root(
 app.command("check", help=check_cmd.HELP)(check_cmd.check)
 app.command("enroll", help=enroll_cmd.HELP)(enroll_cmd.enroll)
 app.command("search", help=search_cmd.HELP)(search_cmd.search)
+app.command("serve", help=serve_cmd.HELP)(serve_cmd.serve)
 app.add_typer(gallery.collections_app, name="collections")
 app.add_typer(gallery.persons_app, name="persons")
 app.add_typer(models_cmd.models_app, name="models")

@@ -72,7 +72,7 @@ def fatal_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): JSON Lines, or CSV when FILE ends in .csv.", dir_okay=False, writable=True)
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary object on stdout instead of tables.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (exit code and --report only).")
-PresetOpt = typer.Option(None, "--preset", help="Apply a target's documented image requirements: default, opencv-fr, opencv-fr-liveness, aws-rekognition, azure-face.")
+PresetOpt = typer.Option(None, "--preset", help="Apply a target's documented image requirements: default, opencv-fr, opencv-fr-liveness, opencv-fr-cloud, verifik, persona, aws-rekognition, azure-face (a seed-API target applies its own when none is given).")
 ThresholdOpt = typer.Option(None, "--threshold", "-t", metavar="NAME=VALUE", help="Override one quality threshold (repeatable), e.g. -t min_sharpness=30. See README for names.")
 MaxMpOpt = typer.Option(None, "--max-megapixels", help="Refuse images with more pixels than this (decompression-bomb guard; default 100).")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Folder holding the ONNX model files (else FACECLI_MODELS_DIR, then the user cache).", file_okay=False)
@@ -125,7 +125,7 @@ def load_source(path: Path | None, manifest: Path | None, mapping: list[str] | N
     return discover_folder(path, follow_symlinks=follow_symlinks)
 
 
-ToOpt = typer.Option(None, "--to", help="Target: local (default: the embedded engine), sqlite:///PATH, or http(s)://HOST[:PORT].")
+ToOpt = typer.Option(None, "--to", help="Target: local (default: the embedded engine), sqlite:///PATH, http(s)://HOST[:PORT], opencv-fr-cloud://us|eu|sg, verifik:// or persona://LIST_ID.")
 DbOpt = typer.Option(None, "--db", help="Local engine database file (default $FACECLI_DB or the user data dir).", dir_okay=False)
 CollectionOpt = typer.Option(None, "--collection", "-c", help="Collection name (default: 'default'; letters, digits, '_', '.', '-').")
 
@@ -214,3 +214,86 @@ class GracefulStop:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+# -- remote targets (http(s)://) ---------------------------------------------------------------------
+
+ApiKeyOpt = typer.Option(None, "--api-key", help="API key for an http(s):// target (sent as x-api-key; never printed or logged). Prefer FACECLI_API_KEY or api_key_env in the config file: a flag shows in the process list.", show_default=False)
+InsecureOpt = typer.Option(False, "--insecure", help="Allow plain http:// to a host other than this machine (the API key and the photos then travel unencrypted).")
+ConcurrencyOpt = typer.Option(None, "--concurrency", min=1, help="Requests in flight at once to an http(s):// target (default 4).")
+MaxBatchBytesOpt = typer.Option(None, "--max-batch-bytes", min=1024, help="Cap on one request body to an http(s):// target, in bytes (default 16 MiB); batches are split to fit.")
+PayloadOpt = typer.Option("face", "--payload", help="Image uploaded per accepted face: face (a re-encoded crop with margin, EXIF/GPS stripped; default) or full (the whole photo, at most 1024 px).")
+MaxImageBytesOpt = typer.Option(None, "--max-image-bytes", min=1024, help="Cap on each uploaded image in bytes (default 1000000): JPEG quality, then size, is lowered to fit.")
+TimeoutOpt = typer.Option(None, "--timeout", min=0.1, help="Seconds to wait for each HTTP response from an http(s):// target (default 60).")
+RetriesOpt = typer.Option(None, "--retries", min=0, help="Retries per request on connection errors, timeouts, 429 and 5xx (default 4; full-jitter backoff, Retry-After honoured).")
+
+API_KEY_ENV = "FACECLI_API_KEY"
+PAYLOAD_KINDS = ("face", "full")
+
+
+def resolve_api_key(settings: Settings, flag: str | None) -> str | None:
+    """--api-key > FACECLI_API_KEY > config ``api_key`` > the variable config ``api_key_env`` names."""
+    import os
+
+    if flag:
+        return flag
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV]
+    if settings.file.get("api_key"):
+        return str(settings.file["api_key"])
+    env_name = settings.file.get("api_key_env")
+    if env_name:
+        value = os.environ.get(str(env_name))
+        if not value:
+            raise ConfigError(f"the config file's api_key_env names {env_name}, which is not set")
+        return value
+    return None
+
+
+def remote_options(settings: Settings, *, api_key: str | None = None, insecure: bool = False,
+                   concurrency: int | None = None, max_batch_bytes: int | None = None, timeout: float | None = None,
+                   retries: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Keyword options for an http(s):// sink (flags > config file; None = the client's default).
+    Config-only keys: ``retry_initial_s``, ``retry_max_wait_s``, ``retry_budget``, ``ca_bundle``."""
+    from facecli.sinks.transport import RetryPolicy
+
+    def pick(flag: Any, name: str, cast: Callable[[Any], Any]) -> Any:
+        value = flag if flag is not None else settings.get(name)
+        if value is None:
+            return None
+        try:
+            return cast(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+    defaults = RetryPolicy()
+    n_retries = pick(retries, "retries", int)
+    budget = pick(None, "retry_budget", float)
+    policy = RetryPolicy(
+        retries=defaults.retries if n_retries is None else n_retries,
+        initial_s=pick(None, "retry_initial_s", float) or defaults.initial_s,
+        max_wait_s=pick(None, "retry_max_wait_s", float) or defaults.max_wait_s,
+        budget=defaults.budget if budget is None else budget,
+    )
+    if policy.retries < 0 or policy.budget < 0:
+        raise ConfigError("retries and retry_budget must not be negative")
+    ca_bundle = settings.get("ca_bundle")
+    return {
+        "api_key": resolve_api_key(settings, api_key),
+        "insecure": bool(insecure or settings.get("insecure", False)),
+        "concurrency": pick(concurrency, "concurrency", int),
+        "max_batch_bytes": pick(max_batch_bytes, "max_batch_bytes", int),
+        "timeout": pick(timeout, "timeout", float),
+        "batch_size": batch_size,
+        "policy": policy,
+        "verify": str(ca_bundle) if ca_bundle else None,
+    }
+
+
+def payload_spec(kind: str, max_image_bytes: int | None):
+    """The upload image for remote targets: --payload face|full under --max-image-bytes."""
+    from facecli.imaging.encode import PayloadSpec
+
+    if kind not in PAYLOAD_KINDS:
+        raise ConfigError(f"--payload must be one of {', '.join(PAYLOAD_KINDS)}, got {kind!r}")
+    return PayloadSpec(kind=kind, max_bytes=max_image_bytes or PayloadSpec().max_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -35,6 +36,14 @@ def enroll(
     face_storage_type: str = typer.Option("NoStorage", "--face-storage-type", help="NoStorage, StoreThumbnails or StoreFullImage (as in the OpenCV FR API)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check everything and say what would be created or updated; write nothing."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once if another enroll is writing the same local database."),
+    api_key: str = common.ApiKeyOpt,
+    insecure: bool = common.InsecureOpt,
+    concurrency: int = common.ConcurrencyOpt,
+    max_batch_bytes: int = common.MaxBatchBytesOpt,
+    payload: str = common.PayloadOpt,
+    max_image_bytes: int = common.MaxImageBytesOpt,
+    timeout: float = common.TimeoutOpt,
+    retries: int = common.RetriesOpt,
     report: Path = common.ReportOpt,
     json_out: bool = common.JsonOpt,
     quiet: bool = common.QuietOpt,
@@ -71,17 +80,28 @@ def enroll(
     policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
     discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
     ledger = None
+    payload_spec = common.payload_spec(payload, max_image_bytes)
     sink = open_sink(target, db_path, writer=not dry_run, wait=not no_wait, face_storage_type=face_storage_type,
-                     on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"))
+                     on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"),
+                     **common.remote_options(settings, api_key=api_key, insecure=insecure, concurrency=concurrency,
+                                             max_batch_bytes=max_batch_bytes, timeout=timeout, retries=retries,
+                                             batch_size=batch_size))
+    cap = getattr(sink, "max_faces_per_person", None)  # the OpenCV FR API takes one face per person
+    if cap and not 0 < policy.max_images_per_person <= cap:
+        policy = replace(policy, max_images_per_person=cap)
+    if getattr(sink, "preset", None) and not settings.get("preset"):  # the target's documented limits
+        settings.flags["preset"] = sink.preset
+    fan = int(getattr(sink, "concurrency", 1) or 1)  # a remote sink sends each batch as `fan` concurrent requests
     try:
         cfg = common.build_check_config(settings, threshold, max_megapixels)
         if face_storage_type == "StoreThumbnails" or getattr(sink, "takes_images", False):
-            cfg.payload = PayloadSpec(kind="thumbnail" if not getattr(sink, "takes_images", False) else "face")
+            cfg.payload = payload_spec if getattr(sink, "takes_images", False) else PayloadSpec(kind="thumbnail")
         checker = FaceChecker.open(cfg)
         writer = open_report(report) if report else None
         progress = RichProgress(enabled=not (quiet or json_out), label="checking")
         summary = RunSummary(command="enroll", target=getattr(sink, "target", target), collection=coll)
-        options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size,
+        options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size * fan,
+                                max_batch_bytes=(max_batch_bytes or EnrollOptions.max_batch_bytes) * fan,
                                 dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast)
         ledger = None if dry_run else common.open_journal(settings, no_journal)
         with common.GracefulStop() as stop:

@@ -8,35 +8,39 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from facecli.engine.pg import mask_url
+
 from facecli.cli import common
-from facecli.cli.console import out, print_json
+from facecli.cli.console import err, out, print_json
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode
 from facecli.sinks.factory import open_sink
 
-collections_app = typer.Typer(help="List, create and delete collections on the target.", no_args_is_help=True)
+collections_app = typer.Typer(help="List, create, delete and copy collections on the target.", no_args_is_help=True)
 persons_app = typer.Typer(help="List, show and delete enrolled persons.", no_args_is_help=True)
 
 LimitOpt = typer.Option(50, "--limit", min=0, help="At most this many rows (0: all).")
 OffsetOpt = typer.Option(0, "--offset", min=0, help="Skip this many rows first.")
 
 
-def _gallery(to, db, collection, config, writer=False):
+def _gallery(to, db, collection, config, writer=False, api_key=None, insecure=False):
     settings = Settings({"to": to, "db": db, "collection": collection}, config_path=config)
     target, db_path, coll = common.target_settings(settings)
-    sink = open_sink(target, db_path, writer=writer)
+    sink = open_sink(target, db_path, writer=writer,
+                     **common.remote_options(settings, api_key=api_key, insecure=insecure))
     for method in ("list_collections", "list_persons"):
         if not hasattr(sink, method):
             sink.close()
-            raise ConfigError(f"target {target} does not support listing")
+            raise ConfigError(f"target {mask_url(str(target))} does not support listing")
     return sink, coll
 
 
 @collections_app.command("list", help="List collections with their person and face counts.")
 @common.fatal_errors
 def collections_list(to: str = common.ToOpt, db: Path = common.DbOpt, limit: int = LimitOpt, offset: int = OffsetOpt,
-                     json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt) -> None:
-    sink, _ = _gallery(to, db, None, config)
+                     json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
+                     insecure: bool = common.InsecureOpt) -> None:
+    sink, _ = _gallery(to, db, None, config, api_key=api_key, insecure=insecure)
     try:
         total, rows = sink.list_collections(limit or None, offset)
     finally:
@@ -55,8 +59,9 @@ def collections_list(to: str = common.ToOpt, db: Path = common.DbOpt, limit: int
 @collections_app.command("create", help="Create a collection (names: letters, digits, '_', '.', '-').")
 @common.fatal_errors
 def collections_create(name: str = typer.Argument(...), to: str = common.ToOpt, db: Path = common.DbOpt,
-                       config: Path = common.ConfigOpt) -> None:
-    sink, _ = _gallery(to, db, None, config, writer=True)
+                       config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
+                       insecure: bool = common.InsecureOpt) -> None:
+    sink, _ = _gallery(to, db, None, config, writer=True, api_key=api_key, insecure=insecure)
     try:
         sink.create_collection(name)
     finally:
@@ -67,10 +72,11 @@ def collections_create(name: str = typer.Argument(...), to: str = common.ToOpt, 
 @collections_app.command("delete", help="Delete a collection and every person in it.")
 @common.fatal_errors
 def collections_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-                       to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt) -> None:
+                       to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt,
+                       api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
     if not yes and not typer.confirm(f"Delete collection {name} and all its persons?"):
         raise typer.Exit(int(ExitCode.USAGE))
-    sink, _ = _gallery(to, db, None, config, writer=True)
+    sink, _ = _gallery(to, db, None, config, writer=True, api_key=api_key, insecure=insecure)
     try:
         sink.delete_collection(name)
     finally:
@@ -78,12 +84,74 @@ def collections_delete(name: str = typer.Argument(...), yes: bool = typer.Option
     out.print(f"deleted collection {name}")
 
 
+COPY_HELP = """Copy collections between engines: the embedded SQLite one and PostgreSQL + pgvector.
+
+Copies persons with their metadata, faces, embeddings and stored images (no photo is re-checked). The destination collection is created when missing (into a new PostgreSQL collection the HNSW index is built once, at the end); re-running only updates what changed; persons only in the destination are kept. Without NAME, every collection of the source is copied.
+
+Targets: local, sqlite:///PATH or postgresql://USER@HOST:PORT/DB (the password from PGPASSWORD or a pgpass file, or in the URL; never printed)."""
+
+
+@collections_app.command("copy", help=COPY_HELP)
+@common.fatal_errors
+def collections_copy(
+    name: str = typer.Argument(None, help="The collection to copy (default: every collection of the source).", show_default=False),
+    from_: str = typer.Option(..., "--from", help="Source engine: local, sqlite:///PATH or postgresql://USER@HOST:PORT/DB.", show_default=False),
+    to: str = typer.Option(..., "--to", help="Destination engine (the same forms as --from).", show_default=False),
+    as_: str = typer.Option(None, "--as", help="Name of the copy in the destination (with NAME only; default: the same name)."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Persons per transaction in the destination."),
+    json_out: bool = common.JsonOpt,
+    quiet: bool = common.QuietOpt,
+) -> None:
+    from facecli.engine import copy_collection
+    from facecli.engine.engine import EngineError
+    from facecli.sinks.factory import resolve_db_path
+    from facecli.sinks.local import _target_error
+
+    if as_ and not name:
+        raise ConfigError("--as needs a collection NAME to copy")
+    source_path = resolve_db_path(from_, None)
+    if source_path is not None and not source_path.is_file():
+        raise ConfigError(f"--from: no database at {source_path}")
+    src = open_sink(from_)
+    dst = None
+    try:
+        dst = open_sink(to, writer=True)
+        engines = [getattr(sink, "engine", None) for sink in (src, dst)]
+        if None in engines:
+            raise ConfigError("collections copy works between engines: local, sqlite:///PATH or postgresql://...",
+                              hint="copy into a SQLite file or a PostgreSQL database and serve that, or enroll the photos")
+        if src.target == dst.target and (as_ or name) == name:
+            raise ConfigError("source and destination are the same collection")
+        results = []
+        try:
+            names = [name] if name else [c.name for c in engines[0].list_collections()[1]]
+            for coll in names:
+                def progress(r, coll=coll):
+                    if not (quiet or json_out) and err.is_terminal:
+                        err.print(f"{coll}: {r.persons} persons, {r.faces} faces ...", end="\r")
+                r = copy_collection(engines[0], engines[1], coll, to_collection=as_ or coll,
+                                    batch_size=batch_size, progress=progress)
+                results.append(r)
+                if not (quiet or json_out):
+                    out.print(f"copied {coll} -> {r.destination}: {r.persons} person(s) ({r.created} created, "
+                              f"{r.updated} updated, {r.unchanged} unchanged), {r.faces} face(s) in {r.seconds:.1f} s")
+        except EngineError as exc:
+            raise _target_error(exc) from None
+    finally:
+        src.close()
+        if dst is not None:
+            dst.close()
+    if json_out:
+        print_json({"from": src.target, "to": dst.target, "collections": [r.to_json() for r in results]})
+
+
 @persons_app.command("list", help="List persons of a collection (paginated with --limit/--offset).")
 @common.fatal_errors
 def persons_list(collection: str = common.CollectionOpt, to: str = common.ToOpt, db: Path = common.DbOpt,
                  limit: int = LimitOpt, offset: int = OffsetOpt, json_out: bool = common.JsonOpt,
-                 config: Path = common.ConfigOpt) -> None:
-    sink, coll = _gallery(to, db, collection, config)
+                 config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
+                 insecure: bool = common.InsecureOpt) -> None:
+    sink, coll = _gallery(to, db, collection, config, api_key=api_key, insecure=insecure)
     try:
         total, rows = sink.list_persons(coll, limit or None, offset)
     finally:
@@ -102,8 +170,9 @@ def persons_list(collection: str = common.CollectionOpt, to: str = common.ToOpt,
 @persons_app.command("get", help="Show one person (exit 1 when not found).")
 @common.fatal_errors
 def persons_get(person_id: str = typer.Argument(...), collection: str = common.CollectionOpt, to: str = common.ToOpt,
-                db: Path = common.DbOpt, json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt) -> None:
-    sink, coll = _gallery(to, db, collection, config)
+                db: Path = common.DbOpt, json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt,
+                api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
+    sink, coll = _gallery(to, db, collection, config, api_key=api_key, insecure=insecure)
     try:
         row = sink.get_person(coll, person_id)
     finally:
@@ -124,8 +193,9 @@ def persons_get(person_id: str = typer.Argument(...), collection: str = common.C
 @persons_app.command("delete", help="Delete persons by id (exit 1 if one was not found).")
 @common.fatal_errors
 def persons_delete(person_ids: list[str] = typer.Argument(...), collection: str = common.CollectionOpt,
-                   to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt) -> None:
-    sink, coll = _gallery(to, db, collection, config, writer=True)
+                   to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt,
+                   api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
+    sink, coll = _gallery(to, db, collection, config, writer=True, api_key=api_key, insecure=insecure)
     try:
         missing = [pid for pid in person_ids if not sink.delete_person(coll, pid)]
     finally:

@@ -33,6 +33,10 @@ def search(
     all_faces: bool = typer.Option(False, "--all-faces", help="Search every face in the photo instead of refusing a group photo."),
     to: str = common.ToOpt,
     db: Path = common.DbOpt,
+    api_key: str = common.ApiKeyOpt,
+    insecure: bool = common.InsecureOpt,
+    timeout: float = common.TimeoutOpt,
+    retries: int = common.RetriesOpt,
     json_out: bool = common.JsonOpt,
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
@@ -43,7 +47,8 @@ def search(
                          "collection": collection}, config_path=config)
     target, db_path, coll = common.target_settings(settings)
     threshold = MATCH_THRESHOLD if min_score is None else min_score
-    sink = open_sink(target, db_path)
+    sink = open_sink(target, db_path, **common.remote_options(settings, api_key=api_key, insecure=insecure,
+                                                              timeout=timeout, retries=retries))
     try:
         sink.ensure_collection(coll, create=False)
         checker = FaceChecker.open(common.build_check_config(settings, None, None))

@@ -1,4 +1,5 @@
-"""The embedded engine as a Sink: the default target, a SQLite file plus a vector index."""
+"""The engines as a Sink: the embedded one (the default target, a SQLite file plus a vector index)
+and, through the same code, PostgreSQL + pgvector (``postgresql://`` targets, :class:`PgSink`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import platformdirs
 
 from facecli.engine import engine as eng
+from facecli.engine import pg
 from facecli.errors import ConfigError, ReasonCode, Status, TargetError
 from facecli.sinks.base import (
     FACE_STORAGE_TYPES,
@@ -36,6 +38,11 @@ def _target_error(exc: Exception) -> TargetError:
         return err
     if isinstance(exc, eng.EngineLocked):
         return TargetError(str(exc), hint="another `facecli enroll` is writing; wait, or drop --no-wait")
+    if isinstance(exc, pg.DatabaseUnavailable):
+        return TargetError(str(exc), hint="check the URL, that the server is up, and the password "
+                                          "(in the URL, PGPASSWORD or a pgpass file)")
+    if isinstance(exc, pg.DatabaseError) or str(exc).startswith(pg.SCHEMES):
+        return TargetError(str(exc))
     return TargetError(f"local engine: {exc}")
 
 
@@ -49,14 +56,17 @@ class LocalSink:
                  face_storage_type: str = "NoStorage", on_wait: Callable[[str], None] | None = None) -> None:
         if face_storage_type not in FACE_STORAGE_TYPES:
             raise ConfigError(f"face storage type must be one of {', '.join(FACE_STORAGE_TYPES)}")
-        self.path = Path(path)
         self.face_storage_type = face_storage_type
         try:
-            self.engine = eng.Engine(self.path, lock_timeout=None)
+            self.engine = self._open(path)
             if writer:
                 self._take_writer_lock(wait, on_wait)
         except eng.EngineError as exc:
             raise _target_error(exc) from None
+
+    def _open(self, path: str | Path) -> eng.Engine | pg.PgEngine:
+        self.path = Path(path)
+        return eng.Engine(self.path, lock_timeout=None)
 
     def _take_writer_lock(self, wait: bool, on_wait: Callable[[str], None] | None) -> None:
         """Hold the engine's writer lock for the whole run; say so when we have to wait for it."""
@@ -159,7 +169,10 @@ class LocalSink:
             return set()
 
     def list_collections(self, limit: int | None, offset: int) -> tuple[int, list[CollectionRow]]:
-        total, rows = self.engine.list_collections(limit=limit, offset=offset)
+        try:
+            total, rows = self.engine.list_collections(limit=limit, offset=offset)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
         return total, [CollectionRow(c.name, c.num_persons, c.num_faces, c.created, c.modified) for c in rows]
 
     def create_collection(self, collection: str) -> None:
@@ -202,3 +215,19 @@ class LocalSink:
             return False
         except eng.EngineError as exc:
             raise _target_error(exc) from None
+
+
+class PgSink(LocalSink):
+    """The same Sink and Gallery over :class:`facecli.engine.pg.PgEngine` (``postgresql://``).
+
+    PostgreSQL's row locks make concurrent writers safe, so there is no writer lock to wait for
+    (the engine's ``writer_lock`` is a no-op). ``target`` never shows the password."""
+
+    name = "postgres"
+
+    def _open(self, path: str | Path) -> pg.PgEngine:
+        return pg.PgEngine(str(path))
+
+    @property
+    def target(self) -> str:
+        return self.engine.target

@@ -86,6 +86,11 @@ PRESETS: dict[str, dict[str, float]] = {
         "max_yaw": 30,
         "max_pitch": 30,
     },
+    # Seed APIs (APIS.md). Images-per-person caps (3 for both) come from the sink
+    # (max_faces_per_person); Persona's ~500 KB per image is a payload size, set by its sink.
+    "opencv-fr-cloud": {"min_image_width": 224, "min_image_height": 224},
+    "verifik": {},
+    "persona": {},
     "aws-rekognition": {"min_image_width": 80, "min_image_height": 80, "min_face_size": 40},
     "azure-face": {"min_face_size": 36},
 }

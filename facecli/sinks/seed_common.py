@@ -1,0 +1,106 @@
+"""Shared plumbing of the seed-API adapters (OpenCV FR cloud, Verifik, Persona).
+
+Each adapter is a Sink over one ``Transport`` (sinks/transport.py: retries, backoff, Retry-After,
+retry budget); this module only holds what all three need on top: the base URL (the documented one,
+or an override from an environment variable for tests and proxies), the request wrapper that turns
+"unreachable" into a run-ending TargetError, and a per-person fan-out for APIs without bulk calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from facecli.errors import ConfigError, ReasonCode, Status, TargetError
+from facecli.sinks.base import ItemOutcome, PersonPayload
+from facecli.sinks.transport import RetryPolicy, Transport, check_base_url, display_url
+
+log = logging.getLogger("facecli.seed")
+
+DEFAULT_CONCURRENCY = 4
+DEFAULT_TIMEOUT = 60.0
+
+
+def base_url(env_var: str, default: str, insecure: bool) -> httpx.URL:
+    """``default`` (the service's documented URL) unless ``env_var`` names another base URL."""
+    override = os.environ.get(env_var)
+    return check_base_url(override or default, insecure)
+
+
+def json_or_none(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class SeedClient:
+    """The part of every seed adapter that talks HTTP."""
+
+    name = "seed"
+    service = "the service"
+
+    def __init__(self, base: httpx.URL, api_key: str | None, *, auth_header: str, auth_scheme: str | None,
+                 concurrency: int | None, timeout: float | None, policy: RetryPolicy | None,
+                 verify: bool | str | None, transport: httpx.BaseTransport | None = None) -> None:
+        concurrency = DEFAULT_CONCURRENCY if concurrency is None else concurrency
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        if concurrency < 1 or timeout <= 0:
+            raise ConfigError("concurrency and timeout must be positive")
+        if not api_key:
+            raise ConfigError(f"{self.service} needs an API key",
+                              hint="give it with --api-key, FACECLI_API_KEY, or api_key / api_key_env in the config file")
+        self.base = base
+        self.target = display_url(base)
+        self.concurrency = concurrency
+        self.http = Transport(base, api_key, timeout=timeout, policy=policy, verify=True if verify is None else verify,
+                              max_connections=concurrency + 2, transport=transport, auth_header=auth_header,
+                              auth_scheme=auth_scheme)
+
+    @property
+    def retries(self) -> int:
+        return self.http.retries
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise TargetError(f"cannot reach {self.target} ({type(exc).__name__})",
+                              hint="is the URL right and the service up? (retried with backoff)") from None
+
+    def _auth_error(self, status: int, detail: str) -> TargetError:
+        if status == 401:
+            return TargetError(f"{self.service} refused the request (401 {detail}): no valid API key",
+                               hint="give the key with --api-key, FACECLI_API_KEY, or api_key / api_key_env in the config file")
+        return TargetError(f"{self.service} refused the API key (403 {detail}): wrong, expired or not allowed here",
+                           hint="check --api-key / FACECLI_API_KEY")
+
+    def _per_person(self, persons: Sequence[PersonPayload],
+                    one: Callable[[PersonPayload], ItemOutcome]) -> list[ItemOutcome]:
+        """``one`` for every person, ``concurrency`` in flight; transport failures fail that person."""
+
+        def safe(p: PersonPayload) -> ItemOutcome:
+            if not any(f.jpeg for f in p.faces):
+                return ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,
+                                   message="no face image to send (payload not encoded)")
+            try:
+                return one(p)
+            except httpx.TransportError as exc:
+                return ItemOutcome(p.person_id, Status.FAILED, ReasonCode.NETWORK_ERROR,
+                                   message=f"{type(exc).__name__} after {self.http.policy.retries} retries")
+
+        if self.concurrency == 1 or len(persons) <= 1:
+            return [safe(p) for p in persons]
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(persons)), thread_name_prefix="upload")
+        try:
+            return list(pool.map(safe, persons))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.http.close()

@@ -40,7 +40,7 @@ class CheckConfig:
     recognizer_path: str | Path | None = None
     threads: int | None = None  # onnxruntime intra-op threads; default: the cores decoding leaves free
     device: str = "cpu"
-    decode_workers: int | None = None  # default: half the cores (1 on a 2-core machine), at most 4
+    decode_workers: int | None = None  # default: one per core, at most 4
     embed_batch: int = 16
     #: Horizontal-flip test-time augmentation in the recognizer: one more recognizer pass per
     #: accepted face; better ranking on LFW (1:N top-1 +1.2 points) but no verification-accuracy
@@ -120,8 +120,11 @@ class FaceChecker:
         config = config or CheckConfig()
         cores = os.cpu_count() or 1
         if config.decode_workers is None:
-            config.decode_workers = max(1, min(4, cores // 2))
-        threads = config.threads or max(1, min(default_threads(), cores - config.decode_workers))
+            config.decode_workers = max(1, min(4, cores))
+        # Decoding (libjpeg releases the GIL) is the slower stream here, so it gets a thread per
+        # core and inference half the cores (measured on 2 cores: 2 decode + 1 onnxruntime thread
+        # beat 1 + 1, 1 + 2 and 2 + 2; bench/check_throughput.py --threads/--decode-workers).
+        threads = config.threads or max(1, min(default_threads(), cores // 2))
         det = Detector(
             resolve_model(DEFAULT_DETECTOR, config.detector_path, config.models_dir),
             threads=threads,

@@ -304,3 +304,39 @@ def test_persona_paces_itself_by_the_ratelimit_headers(monkeypatch, source, jour
     assert sum(fake.counts.values()) >= 2 * fake.rate_limit  # three imports: the limit was reached twice
     assert s["persons"]["enrolled"] == 3 and s["retries"] == 0 and fake.limited == 0
     assert len(fake.lists["lst_test"]) == 4
+
+
+def test_cloud_killed_mid_run_then_resumed_creates_nobody_twice(cloud, tmp_path):
+    """A real SIGKILL between batches, then the same command again: every person exactly once."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import MODELS, REPO
+
+    ids: dict[str, str] = {}
+    for row in csv.DictReader((PAIRS / "identities.csv").open()):
+        ids.setdefault(row["identity"], row["file"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("person_id,image\n" + "".join(f"{i},{PAIRS / f}\n" for i, f in sorted(ids.items())))
+    ledger = tmp_path / "ledger.db"
+    args = ["enroll", "--manifest", str(manifest), "--allow-absolute", "--to", "opencv-fr-cloud://us", "-c", "staff",
+            "--create-collection", "--batch-size", "2", "--concurrency", "1", "--journal", str(ledger),
+            "--on-duplicate", "warn", "-q"]
+    env = {**os.environ, "FACECLI_MODELS_DIR": str(MODELS), "FACECLI_API_KEY": KEY, "FACECLI_DEBUG_BATCH_DELAY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "facecli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(cloud.persons) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    first = len(cloud.persons)
+    assert 2 <= first < len(ids), "the run was not killed mid-way"
+    res = invoke(*args[:-1], "--api-key", KEY, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["persons"]["skipped"] >= first - 2  # at most the batch in flight again
+    assert set(cloud.persons) == set(ids)
+    assert cloud.counts["POST person"] == len(ids)  # nobody created twice

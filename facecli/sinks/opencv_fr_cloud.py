@@ -85,12 +85,7 @@ class OpenCVFRCloudSink(SeedClient):
 
     # -- collections ---------------------------------------------------------------------------
 
-    def _fatal(self, resp: httpx.Response, what: str) -> TargetError:
-        code, message = validation_message(resp)
-        if resp.status_code in (401, 403):
-            return self._auth_error(resp.status_code, code or message)
-        detail = " ".join(x for x in (code, message) if x)
-        return TargetError(f"{what} failed on {self.target}: HTTP {resp.status_code}" + (f" {detail}" if detail else ""))
+    _error_parts = staticmethod(validation_message)
 
     def _find_collection(self, name: str) -> str | None:
         skip = 0

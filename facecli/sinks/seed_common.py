@@ -18,7 +18,7 @@ import httpx
 
 from facecli.errors import ConfigError, ReasonCode, Status, TargetError
 from facecli.sinks.base import ItemOutcome, PersonPayload
-from facecli.sinks.transport import RetryPolicy, Transport, check_base_url, display_url
+from facecli.sinks.transport import RetryPolicy, Transport, check_base_url, display_url, error_body
 
 log = logging.getLogger("facecli.seed")
 
@@ -79,6 +79,19 @@ class SeedClient:
                                hint="give the key with --api-key, FACECLI_API_KEY, or api_key / api_key_env in the config file")
         return TargetError(f"{self.service} refused the API key (403 {detail}): wrong, expired or not allowed here",
                            hint="check --api-key / FACECLI_API_KEY")
+
+    @staticmethod
+    def _error_parts(resp: httpx.Response) -> tuple[str, str]:
+        """(code, message) of an error response; adapters with another error shape override it."""
+        return error_body(resp)
+
+    def _fatal(self, resp: httpx.Response, what: str) -> TargetError:
+        """A response that ends the run: auth problems get their own message, the rest say what failed."""
+        code, message = self._error_parts(resp)
+        if resp.status_code in (401, 403):
+            return self._auth_error(resp.status_code, code or message)
+        detail = " ".join(x for x in (code, message) if x)
+        return TargetError(f"{what} failed on {self.target}: HTTP {resp.status_code}" + (f" {detail}" if detail else ""))
 
     def _per_person(self, persons: Sequence[PersonPayload],
                     one: Callable[[PersonPayload], ItemOutcome]) -> list[ItemOutcome]:

@@ -67,12 +67,6 @@ class VerifikSink(SeedClient):
                          transport=transport)
         self._collections: dict[str, str] = {}
 
-    def _fatal(self, resp: httpx.Response, what: str) -> TargetError:
-        code, message = error_body(resp)
-        if resp.status_code in (401, 403):
-            return self._auth_error(resp.status_code, message or code)
-        detail = " ".join(x for x in (code, message) if x)
-        return TargetError(f"{what} failed on {self.target}: HTTP {resp.status_code}" + (f" {detail}" if detail else ""))
 
     # -- collections -----------------------------------------------------------------------------
 

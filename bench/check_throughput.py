@@ -19,7 +19,6 @@ from pathlib import Path
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from facecli.pipeline.check import CheckConfig, FaceChecker  # noqa: E402
 from facecli.vision.align import align_face  # noqa: E402

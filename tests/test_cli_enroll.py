@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from typer.testing import CliRunner
 
 from facecli.cli.app import app

@@ -11,7 +11,6 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-import pytest
 from typer.testing import CliRunner
 
 from facecli.cli.app import app

@@ -41,7 +41,15 @@ from facecli.sinks.base import (
     PersonRow,
     SearchProbe,
 )
-from facecli.sinks.transport import RetryPolicy, Transport, check_base_url, display_url, encode_json, error_body
+from facecli.sinks.transport import (
+    RemoteClient,
+    RetryPolicy,
+    Transport,
+    check_base_url,
+    display_url,
+    encode_json,
+    error_body,
+)
 
 log = logging.getLogger("facecli.opencv_fr")
 
@@ -78,7 +86,7 @@ def _is_success(code: Any) -> bool:
     return not str(code or "").upper().startswith("ERR")
 
 
-class OpenCVFRSink:
+class OpenCVFRSink(RemoteClient):
     """Sink + Gallery over the OpenCV FR Server REST API (also `facecli serve`)."""
 
     name = "opencv-fr"
@@ -113,19 +121,7 @@ class OpenCVFRSink:
         self.http = Transport(base, api_key, timeout=timeout, policy=policy, verify=verify,
                               max_connections=concurrency + 2, transport=transport)
 
-    @property
-    def retries(self) -> int:
-        return self.http.retries
-
     # -- plumbing ----------------------------------------------------------------------------
-
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One request with retries; an unreachable server ends the run."""
-        try:
-            return self.http.request(method, path, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise TargetError(f"cannot reach {self.target} ({type(exc).__name__}: {exc})",
-                              hint="is the server running and the URL right? (retried with backoff)") from None
 
     def _fatal(self, resp: httpx.Response, what: str, collection: str | None = None) -> TargetError:
         """The run-ending error for a response no caller can work around."""

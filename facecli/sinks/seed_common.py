@@ -18,7 +18,7 @@ import httpx
 
 from facecli.errors import ConfigError, ReasonCode, Status, TargetError
 from facecli.sinks.base import ItemOutcome, PersonPayload
-from facecli.sinks.transport import RetryPolicy, Transport, check_base_url, display_url, error_body
+from facecli.sinks.transport import RemoteClient, RetryPolicy, Transport, check_base_url, display_url, error_body
 
 log = logging.getLogger("facecli.seed")
 
@@ -39,7 +39,7 @@ def json_or_none(resp: httpx.Response) -> Any:
         return None
 
 
-class SeedClient:
+class SeedClient(RemoteClient):
     """The part of every seed adapter that talks HTTP."""
 
     name = "seed"
@@ -61,17 +61,6 @@ class SeedClient:
         self.http = Transport(base, api_key, timeout=timeout, policy=policy, verify=True if verify is None else verify,
                               max_connections=concurrency + 2, transport=transport, auth_header=auth_header,
                               auth_scheme=auth_scheme)
-
-    @property
-    def retries(self) -> int:
-        return self.http.retries
-
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            return self.http.request(method, path, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise TargetError(f"cannot reach {self.target} ({type(exc).__name__})",
-                              hint="is the URL right and the service up? (retried with backoff)") from None
 
     def _auth_error(self, status: int, detail: str) -> TargetError:
         if status == 401:

@@ -243,6 +243,27 @@ class Transport:
         self.client.close()
 
 
+class RemoteClient:
+    """What every remote sink shares on top of its ``Transport``: the retry counter the run summary
+    reports, and a request wrapper that turns "unreachable after retries" into a run-ending error."""
+
+    http: Transport
+    target: str
+
+    @property
+    def retries(self) -> int:
+        return self.http.retries
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        from facecli.errors import TargetError
+
+        try:
+            return self.http.request(method, path, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise TargetError(f"cannot reach {self.target} ({type(exc).__name__})",
+                              hint="is the URL right and the server up? (retried with backoff)") from None
+
+
 def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 

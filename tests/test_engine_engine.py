@@ -23,28 +23,13 @@ import facecli
 from facecli.engine import (
     Engine,
     EngineClosed,
-    EngineFace,
     EngineLocked,
     EnginePerson,
 )
 
-DIM = 128
+from .test_engine_contract import DIM, _face, _person, _unit  # one set of builders for both engine test files
+
 REPO_ROOT = str(Path(facecli.__file__).resolve().parent.parent)
-
-
-def _unit(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    out: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def _face(vec: np.ndarray, sha: str, **kw: object) -> EngineFace:
-    return EngineFace(embedding=vec, image_sha256=sha, **kw)  # type: ignore[arg-type]
-
-
-def _person(pid: str, vecs: np.ndarray, name: str | None = None, **kw: object) -> EnginePerson:
-    faces = [_face(v, f"{pid}-{i}-{v[:2].tobytes().hex()}") for i, v in enumerate(vecs)]
-    return EnginePerson(person_id=pid, person_name=name or pid.upper(), faces=faces, **kw)  # type: ignore[arg-type]
 
 
 def _child_env() -> dict[str, str]:

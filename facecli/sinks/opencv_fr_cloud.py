@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from facecli.errors import ConfigError, ReasonCode, Status, TargetError
+from facecli.errors import ConfigError, ReasonCode, Status
 from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe
-from facecli.sinks.seed_common import SeedClient, base_url, json_or_none
+from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url, json_or_none
 from facecli.sinks.transport import RetryPolicy, error_body
 
 log = logging.getLogger("facecli.opencv_fr_cloud")
@@ -63,7 +63,7 @@ def validation_message(resp: httpx.Response) -> tuple[str, str]:
     return error_body(resp)
 
 
-class OpenCVFRCloudSink(SeedClient):
+class OpenCVFRCloudSink(NamedCollections, SeedClient):
     name = "opencv-fr-cloud"
     service = "OpenCV FR cloud"
     takes_images = True
@@ -104,25 +104,12 @@ class OpenCVFRCloudSink(SeedClient):
             if not rows or not isinstance(total, int) or skip >= total:
                 return None
 
-    def ensure_collection(self, collection: str, create: bool) -> None:
-        if collection in self._collections:
-            return
-        cid = self._find_collection(collection)
-        if cid is None:
-            if not create:
-                raise TargetError(f"collection {collection!r} does not exist on {self.target}",
-                                  hint="create it with --create-collection")
-            resp = self._request("POST", "/collection", json_body={"name": collection, "description": "facecli"})
-            data = json_or_none(resp)
-            if resp.status_code not in (200, 201) or not isinstance(data, dict) or not data.get("id"):
-                raise self._fatal(resp, "creating the collection")
-            cid = str(data["id"])
-        self._collections[collection] = cid
-
-    def _collection_id(self, collection: str) -> str:
-        if collection not in self._collections:
-            self.ensure_collection(collection, create=False)
-        return self._collections[collection]
+    def _create_collection(self, name: str) -> str:
+        resp = self._request("POST", "/collection", json_body={"name": name, "description": "facecli"})
+        data = json_or_none(resp)
+        if resp.status_code not in (200, 201) or not isinstance(data, dict) or not data.get("id"):
+            raise self._fatal(resp, "creating the collection")
+        return str(data["id"])
 
     # -- persons -------------------------------------------------------------------------------
 

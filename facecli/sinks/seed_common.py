@@ -106,3 +106,33 @@ class SeedClient(RemoteClient):
 
     def close(self) -> None:
         self.http.close()
+
+
+class NamedCollections:
+    """For targets that give collections ids of their own: found by name (``_find_collection``),
+    created on request (``_create_collection``), and the id cached for the run."""
+
+    _collections: dict[str, str]
+    target: str
+
+    def _find_collection(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def _create_collection(self, name: str) -> str:
+        raise NotImplementedError
+
+    def ensure_collection(self, collection: str, create: bool) -> None:
+        if collection in self._collections:
+            return
+        cid = self._find_collection(collection)
+        if cid is None:
+            if not create:
+                raise TargetError(f"collection {collection!r} does not exist on {self.target}",
+                                  hint="create it with --create-collection")
+            cid = self._create_collection(collection)
+        self._collections[collection] = cid
+
+    def _collection_id(self, collection: str) -> str:
+        if collection not in self._collections:
+            self.ensure_collection(collection, create=False)
+        return self._collections[collection]

@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import httpx
 
-from facecli.errors import ReasonCode, Status, TargetError
+from facecli.errors import ReasonCode, Status
 from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe
-from facecli.sinks.seed_common import SeedClient, base_url, json_or_none
+from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url, json_or_none
 from facecli.sinks.transport import RetryPolicy, error_body
 
 log = logging.getLogger("facecli.verifik")
@@ -52,7 +52,7 @@ def _gender(value: str | None) -> str | None:
     return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(value.strip().upper())
 
 
-class VerifikSink(SeedClient):
+class VerifikSink(NamedCollections, SeedClient):
     name = "verifik"
     service = "Verifik"
     takes_images = True
@@ -80,25 +80,12 @@ class VerifikSink(SeedClient):
                 return str(r.get("_id") or r.get("id"))
         return None
 
-    def ensure_collection(self, collection: str, create: bool) -> None:
-        if collection in self._collections:
-            return
-        cid = self._find_collection(collection)
-        if cid is None:
-            if not create:
-                raise TargetError(f"collection {collection!r} does not exist on {self.target}",
-                                  hint="create it with --create-collection")
-            resp = self._request("POST", f"{API}/collections", json_body={"name": collection, "description": "facecli"})
-            data = unwrap(resp)
-            if resp.status_code not in (200, 201) or not isinstance(data, dict) or not (data.get("_id") or data.get("id")):
-                raise self._fatal(resp, "creating the collection")
-            cid = str(data.get("_id") or data.get("id"))
-        self._collections[collection] = cid
-
-    def _collection_id(self, collection: str) -> str:
-        if collection not in self._collections:
-            self.ensure_collection(collection, create=False)
-        return self._collections[collection]
+    def _create_collection(self, name: str) -> str:
+        resp = self._request("POST", f"{API}/collections", json_body={"name": name, "description": "facecli"})
+        data = unwrap(resp)
+        if resp.status_code not in (200, 201) or not isinstance(data, dict) or not (data.get("_id") or data.get("id")):
+            raise self._fatal(resp, "creating the collection")
+        return str(data.get("_id") or data.get("id"))
 
     # -- persons ---------------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/dlib_shape5.py
+
 from facecli.imaging.decode import decode_image
 from facecli.pipeline.check import CheckConfig, FaceChecker
 from facecli.vision.align import DLIB_TEMPLATE_150, align_face
@@ -205,21 +207,31 @@ def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> float:
     return float((scores[same] > thr).mean())
 
 
-def top1(emb: dict[str, np.ndarray], root: Path = LFW) -> tuple[float, int, int]:
-    """(top-1 accuracy, gallery size, probes) of the 1:N search on DevTest persons."""
+def top1(emb: dict[str, np.ndarray], root: Path = LFW, enroll: int = 1, min_images: int = 2,
+         rule: str = "mean", probe_from: int | None = None) -> tuple[float, int, int]:
+    """(top-1 accuracy, gallery size, probes) of the 1:N search on DevTest persons with at least
+    ``min_images`` images: the ``enroll`` lowest-numbered images of each are enrolled, the other
+    images (from the ``probe_from``-th on, default ``enroll``) are searched. ``rule``: a person scores the cosine to the mean of its (unit) enrolled
+    embeddings ("mean"), or its best face's ("best": what facecli's engines do with several faces)."""
     people: dict[str, list[str]] = {}
     for line in (root / "peopleDevTest.txt").read_text().split("\n")[1:]:
         f = line.split()
         if len(f) == 2:
             rels = [r for r in (image_rel(f[0], i) for i in range(1, int(f[1]) + 1)) if r in emb]
-            if len(rels) >= 2:
+            if len(rels) >= max(min_images, enroll + 1):
                 people[f[0]] = rels
     names = sorted(people)
-    gallery = np.stack([emb[people[n][0]] for n in names])
-    probes = [(emb[r], i) for i, n in enumerate(names) for r in people[n][1:]]
+    probes = [(emb[r], i) for i, n in enumerate(names) for r in people[n][probe_from or enroll:]]
     q = np.stack([p[0] for p in probes])
     truth = np.array([p[1] for p in probes])
-    sim = np.nan_to_num(q @ np.nan_to_num(gallery, nan=0.0).T, nan=-1.0)
+    faces = np.nan_to_num(np.stack([[emb[r] for r in people[n][:enroll]] for n in names]), nan=0.0)
+    if rule == "best":
+        sim = np.einsum("qd,pfd->qpf", q, faces).max(2)
+    else:
+        gallery = faces.sum(1)
+        gallery /= np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+        sim = q @ gallery.T
+    sim = np.nan_to_num(sim, nan=-1.0)
     return float((sim.argmax(1) == truth).mean()), len(names), len(probes)
 
 
@@ -309,6 +321,9 @@ def main() -> None:
     ap.add_argument("--fit-template", action="store_true", help="fit scale/shift of the template on DevTrain")
     ap.add_argument("--f32", type=Path, default=None,
                     help="full-precision dlib-resnet ONNX (python -m facecli.vision.convert_dlib_dat) for its lever row")
+    ap.add_argument("--shape5", type=Path, default=None,
+                    help="dlib's shape_predictor_5_face_landmarks.dat (PyPI face_recognition_models) for the "
+                         "dlib-landmarks lever row (default: the installed package's file, if any)")
     args = ap.parse_args()
     if not args.root.is_dir():
         sys.exit(f"{args.root} not found (../shared/datasets/lfw-view1)")
@@ -365,6 +380,17 @@ def main() -> None:
         mirrored = mirror_subjects(checker, images, subjects)
         det_ms = (time.perf_counter() - t1) * 1e3 / len(rels)
         rows.append(run(f"landmarks: mean of image + mirror detections (+{det_ms:.1f} ms detect)", subj=mirrored))
+        shape5 = args.shape5 or _installed_shape5()
+        if shape5 is not None:
+            import dlib_shape5
+
+            predictor = dlib_shape5.ShapePredictor(shape5)
+            t1 = time.perf_counter()
+            dlib_subjects = {r: Subject(None if s.landmarks is None else predictor.landmarks(images[r], s.landmarks),
+                                        s.score, s.faces, s.fallback, s.gate_rejects) for r, s in subjects.items()}
+            sp_ms = (time.perf_counter() - t1) * 1e3 / len(rels)
+            rows.append(run(f"landmarks: dlib's 5-point shape predictor + its chip template (+{sp_ms:.1f} ms)",
+                            dlib_shape5.chip_template(), subj=dlib_subjects))
         if args.f32 is not None:
             from facecli.vision.embed import Recognizer
             from facecli.vision.models import DEFAULT_RECOGNIZER, resolve_model
@@ -377,6 +403,22 @@ def main() -> None:
     print(f"\nrecognizer: {default_rec.model.path.name}; detector score >= {checker.thresholds.detection_score}; "
           f"default match threshold {MATCH_THRESHOLD}; threads {default_rec.session.get_session_options().intra_op_num_threads}")
     print_table(rows, MATCH_THRESHOLD)
+    emb = dict(zip(rels, embed_subjects(checker, images, subjects, rels)[0]))
+    one, persons, probes = top1(emb, args.root, enroll=1, min_images=3, probe_from=2)  # the same probes
+    mean = top1(emb, args.root, enroll=2, min_images=3)[0]
+    best = top1(emb, args.root, enroll=2, min_images=3, rule="best")[0]
+    print(f"\nenrollment from several photos (DevTest persons with >= 3 photos: {persons}; their 3rd and later photos searched: {probes}): "
+          f"1:N top-1 {one:.2%} with the 1st photo enrolled; with the 1st and 2nd: {best:.2%} by the best face "
+          f"(facecli's engines), {mean:.2%} by the mean embedding")
+
+
+def _installed_shape5() -> Path | None:
+    try:
+        import face_recognition_models  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(face_recognition_models.__file__).parent / "models" / "shape_predictor_5_face_landmarks.dat"
+    return path if path.is_file() else None
 
 
 def fit_template(checker: FaceChecker, images: dict, subjects: dict, rels: list[str], train: list) -> None:

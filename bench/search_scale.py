@@ -390,6 +390,8 @@ def main() -> None:
     ap.add_argument("--hnsw", default=f"{pg.DEFAULT_M},{pg.DEFAULT_EF_CONSTRUCTION}",
                     help="HNSW build parameters m,ef_construction (default: the engine's, %(default)s)")
     ap.add_argument("--maintenance-work-mem", default="4GB", help="PostgreSQL memory for the HNSW build")
+    ap.add_argument("--warm", type=int, default=3000,
+                    help="searches run between the first and the second timed pass (0: one pass)")
     ap.add_argument("--cache", type=Path, default=Path(platformdirs.user_cache_dir("facecli")) / "bench",
                     help="where the LFW embeddings for --vectors face are cached")
     args = ap.parse_args()
@@ -404,7 +406,7 @@ def main() -> None:
         if "postgres" in engines:
             efs = [int(x) for x in args.ef_search.split(",") if x.strip()] or [pg.DEFAULT_EF_SEARCH]
             pg_rows = pg_main(Path(tmp), args.pg_url, vecs, args.queries, args.k, efs, (m, efc),
-                              args.maintenance_work_mem)
+                              args.maintenance_work_mem, args.warm)
         if "sqlite" not in engines:
             return
         rows = []
@@ -487,7 +489,7 @@ def pg_populate(e: "pg.PgEngine", vecs: np.ndarray) -> float:
 
 
 def bench_pg_size(url: str, data: Vectors, queries: int, k: int, efs: list[int], hnsw: tuple[int, int],
-                  work_mem: str) -> dict[str, object]:
+                  work_mem: str, warm: int) -> dict[str, object]:
     import psycopg
 
     vecs = data.gallery
@@ -517,7 +519,15 @@ def bench_pg_size(url: str, data: Vectors, queries: int, k: int, efs: list[int],
     e.exact_max = 0  # through the HNSW index at every size
     e.ef_search = max(efs)
     e.search(COLLECTION, probes, k=k)  # warm the connection, the statement and the index's pages
-    for ef in efs:
+    # Then once more after ``warm`` other searches (a server in service keeps its hot index pages
+    # in shared_buffers; right after a build, at 1M faces, most of them are not there yet).
+    passes = [(ef, False) for ef in efs] + ([(ef, True) for ef in efs] if warm else [])
+    for ef, warmed in passes:
+        if warmed and ef == efs[0]:
+            wrng = np.random.default_rng(11)
+            e.ef_search = max(efs)
+            for s in range(0, warm, 100):
+                e.search(COLLECTION, np.concatenate([data.other_photos(wrng, 50), data.strangers(wrng, 50)]), k=k)
         e.ef_search = ef
         lat, top = [], []
         for q in probes:
@@ -527,7 +537,7 @@ def bench_pg_size(url: str, data: Vectors, queries: int, k: int, efs: list[int],
             top.append(int(hits[0].person_id[1:]) if hits else -1)
         ok = np.array(top) == exact_top
         ms = np.array(lat) * 1e3
-        per_ef.append({"ef_search": ef, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+        per_ef.append({"ef_search": ef, "warmed": warmed, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                        "recall1": float(ok.mean()), "recall1_near": float(ok[:third].mean()),
                        "recall1_same": float(ok[third : 2 * third].mean()),
                        "recall1_enrolled": float(ok[: 2 * third].mean()),
@@ -562,7 +572,7 @@ def _compare(sqlite_rows: list[dict], pg_rows: list[dict]) -> None:
     """Side by side: the SQLite engine (exact index, recall 1 by construction) and PostgreSQL."""
     print("\nfaces      engine    build (insert + index)      search p50 / p99     recall@1")
     for s, p in zip(sqlite_rows, pg_rows, strict=True):
-        x = p["per_ef"][0]
+        x = next((y for y in p["per_ef"] if y["warmed"]), p["per_ef"][0])
         print(f"{int(s['faces']):<10,} sqlite    {s['build_s']:7.1f} s ({s['insert_s']:.1f} + {s['index_build_s']:.1f})"
               f"     {s['p50_ms']:6.2f} / {s['p99_ms']:6.2f} ms   1.000 (exact)")
         print(f"{'':<10} postgres  {p['insert_s'] + p['hnsw_build_s']:7.1f} s ({p['insert_s']:.1f} + "
@@ -571,14 +581,14 @@ def _compare(sqlite_rows: list[dict], pg_rows: list[dict]) -> None:
 
 
 def pg_main(workdir: Path, url: str | None, vecs: dict[int, Vectors], queries: int, k: int, efs: list[int],
-            hnsw: tuple[int, int], work_mem: str) -> list[dict]:
+            hnsw: tuple[int, int], work_mem: str, warm: int) -> list[dict]:
     srv = None
     if url is None:
         url, srv = pg_start(workdir)
     rows = []
     try:
         for n, data in vecs.items():
-            r = bench_pg_size(url, data, queries, k, efs, hnsw, work_mem)
+            r = bench_pg_size(url, data, queries, k, efs, hnsw, work_mem, warm)
             rows.append(r)
             print(f"{n:,} faces, PostgreSQL + pgvector (HNSW m={hnsw[0]}, ef_construction={hnsw[1]}, "
                   f"maintenance_work_mem {work_mem})\n"
@@ -589,14 +599,18 @@ def pg_main(workdir: Path, url: str | None, vecs: dict[int, Vectors], queries: i
                   + (f"\n  exact scan p50    {r['exact_p50_ms']:8.2f} ms" if r["exact_p50_ms"] == r["exact_p50_ms"] else ""),
                   flush=True)
             for x in r["per_ef"]:
+                if x["warmed"] and x["ef_search"] == r["per_ef"][0]["ef_search"]:
+                    print(f"  after {warm} more searches (the index's hot pages in shared_buffers):")
                 print(f"  ef_search {x['ef_search']:<4}    p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:6.2f} ms  "
                       f"recall@1: enrolled {x['recall1_enrolled']:.3f} (near-dup {x['recall1_near']:.3f}, "
                       f"another photo {x['recall1_same']:.3f}), strangers {x['recall1_random']:.3f}",
                       flush=True)
             if n == 1_000_000:
-                best = r["per_ef"][0]
+                last = [x for x in r["per_ef"] if x["warmed"] == bool(warm)]
+                good = [x for x in last if x["recall1_enrolled"] >= 0.98]
+                best = min(good, key=lambda x: x["p50_ms"]) if good else max(last, key=lambda x: x["recall1_enrolled"])
                 ok = best["recall1_enrolled"] >= 0.98 and best["p50_ms"] <= 5
-                print(f"target recall@1 >= 0.98 (enrolled persons) and p50 <= 5 ms at 1M: "
+                print(f"target recall@1 >= 0.98 (enrolled persons) and p50 <= 5 ms at 1M: ef_search {best['ef_search']}: "
                       f"{best['recall1_enrolled']:.3f}, {best['p50_ms']:.2f} ms -> {'PASS' if ok else 'FAIL'}")
     finally:
         if srv is not None:

@@ -96,7 +96,7 @@ DEFAULT_EF_SEARCH = 100
 #: HNSW graph of new indexes (``?m=`` / ``?ef_construction=``): links per node and build-time
 #: candidate list. Face embeddings are crowded (different people at cosine 0.84 +- 0.035), where
 #: pgvector's defaults (16/64) lose the true nearest face often: on face-like vectors at ef_search
-#: 100, recall@1 0.95 -> 0.995 at 100k and 0.83 -> 0.96 at 1M for a ~4x slower build and ~3x
+#: 100, recall@1 0.94 -> 0.995 at 100k and 0.83 -> 0.96 at 1M for a ~4x slower build and ~3x
 #: slower indexed upserts (bench/search_scale.py, README "Performance").
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 128

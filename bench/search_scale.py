@@ -32,7 +32,6 @@ Postgres (issue 10): recall@1 >= 0.98 and p50 <= 5 ms at 1M with HNSW.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import subprocess
@@ -94,18 +93,18 @@ def _normed(x: np.ndarray) -> np.ndarray:
 def real_embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """dlib-resnet embeddings of the LFW View 1 photos of persons with >= 2 photos, through the
     same FaceChecker ``facecli check`` runs (photos the one-face gate refuses are left out);
-    returns (embeddings, person index). Cached per recognizer file."""
+    returns (embeddings, person index). Cached per recognizer file (its verified sha256)."""
     from facecli.pipeline.check import CheckConfig, FaceChecker
+    from facecli.vision.models import DEFAULT_RECOGNIZER, resolve_model
 
     root = Path(os.environ.get("FACECLI_SHARED", REPO.parent / "shared")) / "datasets" / "lfw-view1" / "images"
     if not root.is_dir():
         sys.exit(f"--vectors face needs {root} (../shared/datasets/lfw-view1); or use --vectors uniform")
-    checker = FaceChecker.open(CheckConfig())
-    key = hashlib.sha256(checker.recognizer.model.path.read_bytes()).hexdigest()[:12]
-    path = cache / f"lfw_embeddings_{key}.npz"
+    path = cache / f"lfw_embeddings_{resolve_model(DEFAULT_RECOGNIZER).file.sha256[:12]}.npz"
     if path.is_file():
         z = np.load(path)
         return z["emb"], z["person"]
+    checker = FaceChecker.open(CheckConfig())
     people = [d for d in sorted(root.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2]
     files = [(i, f) for i, d in enumerate(people) for f in sorted(d.glob("*.jpg"))]
     t0 = time.perf_counter()
@@ -167,15 +166,14 @@ class FaceModel:
 
 
 class Vectors:
-    """The gallery (one face per person) and the three kinds of probe, for ``face`` or
-    ``uniform`` vectors; the same seed gives the same gallery for both engines."""
+    """The gallery (one face per person) and the three kinds of probe, face-like (from a
+    FaceModel) or uniform; the same seed gives the same gallery for both engines."""
 
-    def __init__(self, kind: str, n: int, cache: Path, seed: int = 0) -> None:
-        self.kind = kind
+    def __init__(self, model: FaceModel | None, n: int, seed: int = 0) -> None:
+        """``model`` None: uniform vectors."""
         rng = np.random.default_rng(seed)
-        self.model: FaceModel | None = None
-        if kind == "face":
-            self.model = FaceModel(*real_embeddings(cache))
+        self.model = model
+        if model is not None:
             self.centres = np.concatenate([self.model.centres(rng, min(CHUNK, n - s)) for s in range(0, n, CHUNK)])
             self.gallery = np.concatenate([self.model.photos(rng, self.centres[s : s + CHUNK])
                                            for s in range(0, n, CHUNK)])
@@ -400,7 +398,8 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, cpus {os.cpu_count()}")
     m, efc = (int(x) for x in args.hnsw.split(","))
-    vecs = {n: Vectors(args.vectors, n, args.cache) for n in sizes}
+    model = FaceModel(*real_embeddings(args.cache)) if args.vectors == "face" else None  # fitted once
+    vecs = {n: Vectors(model, n) for n in sizes}
     print(vecs[sizes[0]].describe(), flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         if "postgres" in engines:

@@ -311,12 +311,22 @@ def test_hnsw_search_recall_and_plan(url: str) -> None:
         assert "Index Scan using faces_c" in plan and "_hnsw" in plan, plan
         stats = e.load_index("big")
         assert stats.faces == n and stats.dim == DIM and stats.nbytes > 0
-        # ef_search is a session setting, sent only when it changes: each change must take effect
+        # ef_search is a session setting of the pooled connection: each change must take effect
         for ef in (150, 150, 300, 40):
             e.ef_search = ef
             e.search("big", probes[:2], k=5)
             with e._pool.connection() as conn:  # pool_size=1: the connection the search used
                 assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == str(max(ef, 21))
+
+
+def test_a_read_survives_a_dropped_connection(url: str) -> None:
+    """Pooled connections are not pinged: a read on one the server dropped is retried once."""
+    with PgEngine(url, pool_size=1) as e:
+        e.create_collection("c")
+        with e._pool.connection() as conn:
+            pid = conn.info.backend_pid
+        pg_server.execute("SELECT pg_terminate_backend(%s)", pid)
+        assert e.get_collection("c").name == "c"
 
 
 def test_deferred_index_exact_meanwhile_then_rebuilt(url: str) -> None:

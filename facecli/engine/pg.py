@@ -258,18 +258,13 @@ def _reads(fn: F) -> F:
     connections are not pinged before use (a server restart costs no failed search)."""
 
     @functools.wraps(fn)
-    def wrapper(self: PgEngine, *args: Any, **kwargs: Any) -> Any:
+    def retry_once(self: PgEngine, *args: Any, **kwargs: Any) -> Any:
         try:
-            try:
-                return fn(self, *args, **kwargs)
-            except _load_driver().psycopg.OperationalError:
-                return fn(self, *args, **kwargs)
-        except EngineError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc) from None
+            return fn(self, *args, **kwargs)
+        except _load_driver().psycopg.OperationalError:
+            return fn(self, *args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return _db_errors(retry_once)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- schema

@@ -42,6 +42,9 @@ class ReasonCode(StrEnum):
     # per-person checks
     DUPLICATE_IMAGE = "DUPLICATE_IMAGE"
     DUPLICATE_PERSON = "DUPLICATE_PERSON"
+    #: A warning, never a rejection: looks like another person of the run or of the gallery at a
+    #: score below the rejection level (the report names the other person and the score).
+    POSSIBLE_DUPLICATE = "POSSIBLE_DUPLICATE"
     IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
     TOO_MANY_IMAGES = "TOO_MANY_IMAGES"
     NO_ACCEPTED_IMAGE = "NO_ACCEPTED_IMAGE"
@@ -87,8 +90,11 @@ REASON_HELP: dict[ReasonCode, str] = {
     ReasonCode.OVEREXPOSED: "face too bright",
     ReasonCode.EXTREME_POSE: "head turned or tilted too far (yaw, pitch or roll)",
     ReasonCode.FACE_TRUNCATED: "face box crosses or comes too close to the image border",
-    ReasonCode.DUPLICATE_IMAGE: "the same (or a near-identical) image appears earlier in the run",
-    ReasonCode.DUPLICATE_PERSON: "the same face is filed under another person_id",
+    ReasonCode.DUPLICATE_IMAGE: "the same (or a near-identical) image appears elsewhere in the run; one copy is kept",
+    ReasonCode.DUPLICATE_PERSON: "the same face is filed under another person_id (of the run or of the gallery), "
+                                 "at a score a different person reaches with probability below the budget",
+    ReasonCode.POSSIBLE_DUPLICATE: "warning: looks like another person (run or gallery) below the rejection level; "
+                                   "review the pair",
     ReasonCode.IDENTITY_MISMATCH: "this image does not match the person's other images",
     ReasonCode.TOO_MANY_IMAGES: "more images than --max-images-per-person; lower-quality ones skipped",
     ReasonCode.NO_ACCEPTED_IMAGE: "none of the person's images was accepted",

@@ -128,7 +128,8 @@ def test_search_all_faces_and_multiple_faces_error(tmp_path):
     assert {f["matches"][0]["person_id"] for f in faces} == {"grace_hopper", "astronaut"}
     for f in faces:
         assert f["matches"] == sorted(f["matches"], key=lambda m: -m["score"])
-        assert set(f["matches"][0]) == {"person_id", "person_name", "score", "metadata"}
+        assert set(f["matches"][0]) == {"person_id", "person_name", "score", "metadata", "false_match_probability",
+                                        "margin", "ambiguous"}
     res = invoke("search", SAMPLES / "grace_hopper.jpg", "--db", db)
     assert res.exit_code == 0 and "grace_hopper" in res.stdout
 

@@ -68,7 +68,7 @@ def scenario(checker, tmp_path_factory):
             for files in ids.values():
                 for f in files[1:1 + PROBES]:
                     res = search_image(PAIRS / f, chk, sink, "contract", k=3, min_score=0.0)
-                    top1[f] = res.faces[0].matches[0].person_id if res.found else None
+                    top1[f] = res.faces[0].matches[0]["person_id"] if res.found else None
         finally:
             sink.close()
         done[kind] = {"summary": result.summary, "statuses": {p.person_id: p.status for p in result.persons},

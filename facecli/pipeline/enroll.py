@@ -18,7 +18,8 @@ from typing import Protocol
 from facecli.errors import ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
 from facecli.pipeline.journal import Journal, check_config_key, person_content_hash
-from facecli.pipeline.persons import PersonPolicy, apply_person_checks
+from facecli.pipeline.persons import DuplicateMatch, DuplicateRule, GalleryContext, PersonPolicy, apply_person_checks
+from facecli.pipeline.scale import gallery_context, score_model_for
 from facecli.pipeline.report import ItemResult, MultiReport, PersonResult, ReportWriter, RunSummary
 from facecli.sinks.base import FacePayload, ItemOutcome, PersonPayload, Sink
 from facecli.sources.spec import Discovery, PersonSpec
@@ -27,7 +28,7 @@ _DEBUG_BATCH_DELAY = float(os.environ.get("FACECLI_DEBUG_BATCH_DELAY", "0") or 0
 
 #: Codes on images that say something about the person as a whole (listed on the person line).
 _PERSON_LEVEL = (ReasonCode.IDENTITY_MISMATCH, ReasonCode.DUPLICATE_IMAGE, ReasonCode.DUPLICATE_PERSON,
-                 ReasonCode.TOO_MANY_IMAGES)
+                 ReasonCode.POSSIBLE_DUPLICATE, ReasonCode.TOO_MANY_IMAGES)
 
 
 class Progress(Protocol):
@@ -80,7 +81,8 @@ class RunResult:
     checked: list[CheckedPerson] = field(default_factory=list)
 
 
-def person_verdict(spec: PersonSpec, items: list[ItemResult]) -> PersonResult:
+def person_verdict(spec: PersonSpec, items: list[ItemResult],
+                   duplicates: list[DuplicateMatch] | None = None) -> PersonResult:
     """Accepted when at least one image is accepted and no person-level reason rejects the person."""
     accepted = sum(1 for i in items if i.status == Status.ACCEPTED)
     flagged = [r for r in _PERSON_LEVEL if any(r in i.reasons for i in items)]
@@ -96,7 +98,7 @@ def person_verdict(spec: PersonSpec, items: list[ItemResult]) -> PersonResult:
         status = Status.FAILED
     else:
         status = Status.REJECTED
-    notes = [i.message for i in items if any(r in i.reasons for r in (ReasonCode.DUPLICATE_PERSON,))]
+    notes = [i.message for i in items if ReasonCode.DUPLICATE_PERSON in i.reasons]
     return PersonResult(
         person_id=spec.person_id,
         person_name=spec.person_name,
@@ -105,7 +107,8 @@ def person_verdict(spec: PersonSpec, items: list[ItemResult]) -> PersonResult:
         images=len(items),
         accepted_images=accepted,
         message="; ".join(dict.fromkeys(notes)),
-        warnings=[r for r in flagged + warned if r not in reasons],
+        warnings=list(dict.fromkeys(r for r in flagged + warned if r not in reasons)),
+        duplicates=[d.to_json() for d in duplicates or []],
     )
 
 
@@ -117,6 +120,8 @@ def check_persons(
     cache: CheckCache | None = None,
     stop: threading.Event | None = None,
     fail_fast: bool = False,
+    rule: DuplicateRule | None = None,
+    gallery: GalleryContext | None = None,
 ) -> tuple[list[CheckedPerson], list[ItemResult]]:
     """Check every image of every person, then the per-person checks, then each person's verdict.
 
@@ -147,16 +152,17 @@ def check_persons(
         check = cached.get(n) or next(fresh)
         if cache is not None and n not in cached:
             cache.store(check)
-        item = ItemResult(check.path, cp.spec.person_id, check.status, list(check.reasons), check.message, check)
+        item = ItemResult(check.path, cp.spec.person_id, check.status, list(check.reasons), check.message, check,
+                          warnings=list(check.warnings))
         cp.items.append(item)
         progress.image_done(item)
         if fail_fast and item.status in (Status.REJECTED, Status.FAILED):
             break
     fresh.close()
     persons = [cp for cp in persons if len(cp.items) == len(cp.spec.images)]
-    apply_person_checks(persons, policy or PersonPolicy())
+    found = apply_person_checks(persons, policy or PersonPolicy(), rule, gallery)
     for cp in persons:
-        cp.result = person_verdict(cp.spec, cp.items)
+        cp.result = person_verdict(cp.spec, cp.items, found.duplicates.get(cp.spec.person_id))
         progress.person_done(cp.result)
     return persons, problems
 
@@ -235,14 +241,33 @@ def run_check(
         journal.start_run(summary, {})
     report = _reporting(report, journal, summary)
     cache = CheckCache(journal, checker) if journal else None
+    policy = policy or PersonPolicy()
+    rule = duplicate_rule(checker, policy)
+    gallery = GalleryContext(note="not checked: `facecli check` has no target (enroll asks the target)")
+    summary.duplicate_check = describe_duplicate_check(rule, gallery, discovery.image_count)
     persons: list[CheckedPerson] = []
     problems: list[ItemResult] = []
     try:
-        persons, problems = check_persons(discovery, checker, policy, progress, cache, stop, fail_fast)
+        persons, problems = check_persons(discovery, checker, policy, progress, cache, stop, fail_fast, rule, gallery)
     finally:
         record(persons, problems, summary, report)
         _finish(summary, report, progress, journal, stop)
     return _result(summary, persons, problems)
+
+
+def duplicate_rule(checker: FaceChecker, policy: PersonPolicy) -> DuplicateRule:
+    return DuplicateRule(policy, score_model_for(checker))
+
+
+def describe_duplicate_check(rule: DuplicateRule, gallery: GalleryContext, run_faces: int) -> dict:
+    """For the summary: how DUPLICATE_PERSON was decided for a typical one-face person of this run."""
+    n = max(1, run_faces - 1 + gallery.faces)
+    reject, review = rule.levels(n)
+    model = rule.model
+    return {"score_model": model.sha256[:12] if model else None,
+            "duplicate_budget": rule.policy.duplicate_budget, "review_budget": rule.policy.review_budget,
+            "comparisons_per_face": n, "reject_at": round(reject, 4), "review_at": round(review, 4),
+            "gallery_faces": gallery.faces, "target": gallery.note}
 
 
 @dataclass(frozen=True)
@@ -367,7 +392,11 @@ def run_enroll(
                     keep.append(spec)
             todo = Discovery(keep, [] if retry_only is not None else discovery.problems, discovery.ignored)
         cache = CheckCache(journal, checker) if journal else None
-        persons, problems = check_persons(todo, checker, policy, progress, cache, stop, options.fail_fast)
+        rule = duplicate_rule(checker, policy)
+        gallery = gallery_context(sink, coll, checker.recognizer.model.file.sha256)
+        summary.duplicate_check = describe_duplicate_check(rule, gallery, todo.image_count)
+        persons, problems = check_persons(todo, checker, policy, progress, cache, stop, options.fail_fast,
+                                          rule, gallery)
         ready = [(cp, person_payload(cp)) for cp in persons if cp.result and cp.result.status == Status.ACCEPTED]
         progress.start_sending(len(ready))
         if options.dry_run:

@@ -1,8 +1,12 @@
 """Per-person checks once images are embedded: the costliest enrollment mistakes, caught before upload.
 
 - IDENTITY_MISMATCH: a photo filed under the wrong person (it does not match the person's others).
-- DUPLICATE_IMAGE: the same photo twice in the run (byte-identical, or near-identical: pHash).
-- DUPLICATE_PERSON: one face under two person_ids (would be enrolled twice).
+- DUPLICATE_IMAGE: the same photo twice in the run (byte-identical, or a pHash hit that the face
+  embedding confirms). One copy is kept: the one its person's other photos agree with.
+- DUPLICATE_PERSON: one face under two person_ids, in the run or against the target's gallery,
+  at a score that a *different* person reaches with probability below the duplicate budget at
+  this run's and gallery's size (the score model, ``vision/scores.py``); or the same photo.
+- POSSIBLE_DUPLICATE (warning): between the review level and the rejection level.
 - TOO_MANY_IMAGES: more accepted images than the target takes; the best ones are kept.
 
 Each check either rejects (the default) or only warns, per policy. Images keep their own status
@@ -11,25 +15,32 @@ unless a rejecting policy applies; the reason then explains what changed it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facecli.errors import ReasonCode, Status
-from facecli.imaging.phash import hamming
+from facecli.sinks.base import Match
 from facecli.vision.embed import DUPLICATE_THRESHOLD, MATCH_THRESHOLD, l2_normalize
 from facecli.vision.quality import quality_score
+from facecli.vision.scores import DUPLICATE_BUDGET, REVIEW_BUDGET, ScoreModel
 
 if TYPE_CHECKING:
     from facecli.pipeline.enroll import CheckedPerson
     from facecli.pipeline.report import ItemResult
 
 POLICIES = ("reject", "warn")
-#: pHash distance (of 63 bits) at or under which two images are the same photo. Distinct photos
+#: pHash distance (of 63 bits) at or under which two images may be the same photo. Distinct photos
 #: in deepface-pairs are >= 18 apart; a 1/3-size, quality-60 re-encode is ~2 away.
 NEAR_DUPLICATE_BITS = 8
+#: A pHash hit counts only when the two faces also score at least this: pHash alone calls 13 of
+#: 3,000 distinct LFW photos near-identical (same pose and framing, different people, cosine ~0.85),
+#: while re-encoded or resized copies of one photo score >= 0.98 (bench/scale.py, planted copies).
+NEAR_DUPLICATE_MIN_SCORE = 0.95
+#: Fallback POSSIBLE_DUPLICATE level when the recognizer has no score model.
+REVIEW_THRESHOLD = MATCH_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,75 @@ class PersonPolicy:
     on_duplicate: str = "reject"
     max_images_per_person: int = 3  # 0: no limit. OpenCV FR cloud takes at most 3.
     match_threshold: float = MATCH_THRESHOLD
-    duplicate_threshold: float = DUPLICATE_THRESHOLD
+    #: Fixed DUPLICATE_PERSON / POSSIBLE_DUPLICATE scores. None (the default): derived from the
+    #: score model at the run's and the gallery's size with the two budgets below.
+    duplicate_threshold: float | None = None
+    review_threshold: float | None = None
+    #: Expected false DUPLICATE_PERSON rejections per person, and false POSSIBLE_DUPLICATE warnings.
+    duplicate_budget: float = DUPLICATE_BUDGET
+    review_budget: float = REVIEW_BUDGET
+
+
+@dataclass
+class DuplicateMatch:
+    """The best score of one person against one other person (of the run or of the gallery)."""
+
+    other_person_id: str
+    score: float
+    where: str  # "run" | "target"
+    decision: str  # "duplicate" (DUPLICATE_PERSON) | "possible" (POSSIBLE_DUPLICATE) | "same_image"
+    false_match_probability: float | None = None
+    path: str | None = None  # this person's photo
+    other_path: str | None = None  # the other person's photo (run only)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"other_person_id": self.other_person_id, "score": round(self.score, 4),
+                               "where": self.where, "decision": self.decision}
+        if self.false_match_probability is not None:
+            out["false_match_probability"] = float(f"{self.false_match_probability:.3g}")
+        if self.path:
+            out["path"] = self.path
+        if self.other_path:
+            out["other_path"] = self.other_path
+        return out
+
+
+#: (accepted items, k, min_score) -> each item's matches in the target collection.
+TargetSearch = Callable[[list["ItemResult"], int, float], list[list[Match]]]
+
+
+@dataclass
+class GalleryContext:
+    """What the per-person checks know of the target collection."""
+
+    faces: int = 0  # faces already in the collection (comparisons each new face makes)
+    search: TargetSearch | None = None  # None: the target cannot be asked (``note`` says why)
+    note: str = ""
+
+
+class DuplicateRule:
+    """Thresholds for DUPLICATE_PERSON and POSSIBLE_DUPLICATE at a given number of comparisons."""
+
+    def __init__(self, policy: PersonPolicy, model: ScoreModel | None = None) -> None:
+        self.policy = policy
+        self.model = model
+
+    def levels(self, comparisons: int) -> tuple[float, float]:
+        """(reject, review) scores for a person whose faces make ``comparisons`` comparisons."""
+        p, m = self.policy, self.model
+        reject = p.duplicate_threshold if p.duplicate_threshold is not None else (
+            m.threshold(comparisons, p.duplicate_budget) if m else DUPLICATE_THRESHOLD)
+        review = p.review_threshold if p.review_threshold is not None else (
+            m.threshold(comparisons, p.review_budget) if m else REVIEW_THRESHOLD)
+        return reject, min(review, reject)
+
+    def probability(self, score: float, comparisons: int) -> float | None:
+        return self.model.p_any(score, comparisons) if self.model else None
+
+    def describe(self, comparisons: int) -> str:
+        reject, review = self.levels(comparisons)
+        how = "score model" if self.model and self.policy.duplicate_threshold is None else "fixed"
+        return f"{comparisons:,} comparisons: reject >= {reject:.4f}, review >= {review:.4f} ({how})"
 
 
 def _flag(item: ItemResult, reason: ReasonCode, policy: str, message: str, status: Status = Status.REJECTED) -> None:
@@ -50,30 +129,80 @@ def _flag(item: ItemResult, reason: ReasonCode, policy: str, message: str, statu
     item.message = "; ".join(m for m in (item.message, message) if m)
 
 
+def _warn(item: ItemResult, reason: ReasonCode, message: str) -> None:
+    if reason not in item.warnings:
+        item.warnings.append(reason)
+    item.message = "; ".join(m for m in (item.message, message) if m)
+
+
 def _accepted(cp: CheckedPerson) -> list[ItemResult]:
     return [i for i in cp.items if i.status == Status.ACCEPTED and i.check is not None and i.check.embedding is not None]
 
 
-def check_duplicate_images(persons: Sequence[CheckedPerson], policy: PersonPolicy) -> None:
-    """Later copies of an image already seen in the run (in source order) are flagged."""
-    seen_sha: dict[str, ItemResult] = {}
-    seen_hash: list[tuple[int, ItemResult]] = []
-    for cp in persons:
-        for item in _accepted(cp):
-            c = item.check
-            first = seen_sha.get(c.sha256) if c.sha256 else None
-            how = "byte-identical to"
-            if first is None and c.phash is not None:
-                first = next((it for h, it in seen_hash if hamming(h, c.phash) <= NEAR_DUPLICATE_BITS), None)
-                how = "near-identical to"
-            if first is not None:
-                who = "" if first.person_id == item.person_id else f" (person {first.person_id})"
-                _flag(item, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate, f"{how} {first.path}{who}")
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b))
+
+
+def check_duplicate_images(persons: Sequence[CheckedPerson], policy: PersonPolicy) -> list[tuple[ItemResult, ItemResult, float]]:
+    """Group copies of one photo (byte-identical, or a pHash hit confirmed by the face embedding)
+    and flag every copy but one; returns (copy, kept, score) for copies under another person.
+
+    The copy kept is the one its own person's other photos agree with (so a photo misfiled under a
+    second person never costs the first person theirs), else the first in source order.
+    """
+    items: list[tuple[int, ItemResult]] = [(k, it) for k, cp in enumerate(persons) for it in _accepted(cp)]
+    if len(items) < 2:
+        return []
+    hashes = np.array([it.check.phash if it.check.phash is not None else 0 for _, it in items], dtype=np.uint64)
+    has_hash = np.array([it.check.phash is not None for _, it in items])
+    emb = np.stack([it.check.embedding for _, it in items]).astype(np.float32)
+    group = list(range(len(items)))  # representative index of each item's group
+    by_sha: dict[str, int] = {}
+    for n, (_, it) in enumerate(items):
+        sha = it.check.sha256
+        if sha and sha in by_sha:
+            group[n] = by_sha[sha]
+            continue
+        if has_hash[n] and n:
+            dist = np.bitwise_count(hashes[:n] ^ hashes[n])
+            cand = np.nonzero((dist <= NEAR_DUPLICATE_BITS) & has_hash[:n])[0]
+            cand = [int(c) for c in cand if _cos(emb[c], emb[n]) >= NEAR_DUPLICATE_MIN_SCORE]
+            if cand:
+                group[n] = group[cand[0]]
                 continue
-            if c.sha256:
-                seen_sha[c.sha256] = item
-            if c.phash is not None:
-                seen_hash.append((c.phash, item))
+        if sha:
+            by_sha[sha] = n
+    members: dict[int, list[int]] = {}
+    for n, g in enumerate(group):
+        members.setdefault(g, []).append(n)
+    cross: list[tuple[ItemResult, ItemResult, float]] = []
+    for copies in (m for m in members.values() if len(m) > 1):
+        in_group = set(copies)
+
+        def support(n: int) -> tuple[bool, float, int]:
+            k, it = items[n]
+            others = [i for i, (kk, _) in enumerate(items) if kk == k and i not in in_group]
+            if not others:
+                return False, 0.0, -n
+            fit = _cos(l2_normalize(emb[others].sum(0)), emb[n])
+            return fit >= policy.match_threshold, fit, -n
+
+        keep = max(copies, key=support)
+        kept = items[keep][1]
+        for n in copies:
+            if n == keep:
+                continue
+            it = items[n][1]
+            score = _cos(emb[n], emb[keep])
+            how = "byte-identical to" if it.check.sha256 and it.check.sha256 == kept.check.sha256 else "near-identical to"
+            if it.person_id == kept.person_id:
+                _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate, f"{how} {kept.path}")
+                continue
+            _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate,
+                  f"{how} {kept.path} of person {kept.person_id} (score {score:.3f}); that copy is kept")
+            _flag(it, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate, "")
+            cross.append((it, kept, score))
+    return cross
 
 
 def check_identity(cp: CheckedPerson, policy: PersonPolicy) -> None:
@@ -94,14 +223,15 @@ def check_identity(cp: CheckedPerson, policy: PersonPolicy) -> None:
         if len(items) == 2:
             for it in items:
                 _flag(it, ReasonCode.IDENTITY_MISMATCH, policy.on_identity_mismatch,
-                      f"the person's two images do not match each other (score {scores[worst]:.3f})")
+                      f"the person's two images do not match each other (score {scores[worst]:.3f} < "
+                      f"{policy.match_threshold})")
             return
         _flag(items[worst], ReasonCode.IDENTITY_MISMATCH, policy.on_identity_mismatch,
               f"does not match the person's other images (score {scores[worst]:.3f} < {policy.match_threshold})")
         del items[worst]
 
 
-def _cross_pairs(emb: np.ndarray, owner: np.ndarray, threshold: float, block: int = 2048) -> Iterator[tuple[int, int, float]]:
+def _cross_pairs(emb: np.ndarray, owner: np.ndarray, threshold: float, block: int = 2048):
     """(i, j, score) with i < j, different owners, score >= threshold; blockwise to bound memory."""
     for start in range(0, len(emb), block):
         sims = emb[start : start + block] @ emb.T
@@ -112,22 +242,76 @@ def _cross_pairs(emb: np.ndarray, owner: np.ndarray, threshold: float, block: in
                 yield i, int(c), float(sims[r, c])
 
 
-def check_duplicate_persons(persons: Sequence[CheckedPerson], policy: PersonPolicy) -> dict[str, set[str]]:
-    """Flag faces that match a face of another person_id; returns {person_id: {other ids}}."""
-    refs: list[tuple[int, ItemResult]] = [(k, it) for k, cp in enumerate(persons) for it in _accepted(cp)]
-    if len(refs) < 2:
+@dataclass
+class _Candidate:
+    score: float
+    item: ItemResult
+    where: str
+    other_path: str | None = None
+
+
+def check_duplicate_persons(persons: Sequence[CheckedPerson], policy: PersonPolicy, rule: DuplicateRule | None = None,
+                            gallery: GalleryContext | None = None) -> dict[str, list[DuplicateMatch]]:
+    """Compare every person's accepted faces with the other persons of the run and with the target
+    collection; decide each person at its own number of comparisons. Returns {person_id: matches}."""
+    rule = rule or DuplicateRule(policy)
+    gallery = gallery or GalleryContext()
+    refs: list[tuple[int, ItemResult]] = [(k, it) for k, cp in enumerate(persons) for it in _accepted(cp)
+                                          if ReasonCode.DUPLICATE_IMAGE not in it.warnings]
+    if not refs:
         return {}
-    emb = np.stack([it.check.embedding for _, it in refs]).astype(np.float32)
     owner = np.array([k for k, _ in refs])
-    clashes: dict[str, set[str]] = {}
-    for i, j, score in _cross_pairs(emb, owner, policy.duplicate_threshold):
-        a, b = refs[i][1], refs[j][1]
-        for it, other in ((a, b), (b, a)):
-            clashes.setdefault(it.person_id or "", set()).add(other.person_id or "")
-            if ReasonCode.DUPLICATE_PERSON not in it.reasons + it.warnings:
-                _flag(it, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate,
-                      f"same face as person {other.person_id} ({other.path}, score {score:.3f})")
-    return clashes
+    faces_of = np.bincount(owner, minlength=len(persons))
+    total = len(refs)
+
+    def comparisons(k: int) -> int:
+        return max(1, int(faces_of[k]) * (total - int(faces_of[k]) + gallery.faces))
+
+    scan = min(rule.levels(comparisons(k))[1] for k in set(owner.tolist()))
+    cands: dict[int, dict[str, _Candidate]] = {}  # person index -> other id -> best candidate
+
+    def note(k: int, other: str, c: _Candidate) -> None:
+        best = cands.setdefault(k, {}).get(other)
+        if best is None or c.score > best.score:
+            cands[k][other] = c
+
+    if len(refs) >= 2:
+        emb = np.stack([it.check.embedding for _, it in refs]).astype(np.float32)
+        for i, j, score in _cross_pairs(emb, owner, scan):
+            (ki, a), (kj, b) = refs[i], refs[j]
+            note(ki, b.person_id or "", _Candidate(score, a, "run", b.path))
+            note(kj, a.person_id or "", _Candidate(score, b, "run", a.path))
+    if gallery.search is not None and gallery.faces > 0:
+        items = [it for _, it in refs]
+        for (k, it), matches in zip(refs, gallery.search(items, 4, scan)):
+            for m in matches:
+                if m.person_id != it.person_id and m.score >= scan:
+                    note(k, m.person_id, _Candidate(m.score, it, "target"))
+    out: dict[str, list[DuplicateMatch]] = {}
+    for k, others in cands.items():
+        n = comparisons(k)
+        reject, review = rule.levels(n)
+        found: list[DuplicateMatch] = []
+        for other, c in sorted(others.items(), key=lambda kv: -kv[1].score):
+            if c.score < review:
+                continue
+            p = rule.probability(c.score, n)
+            odds = f", P(false) {p:.1e} at {n:,} comparisons" if p is not None else ""
+            where = "in the gallery" if c.where == "target" else f"({c.other_path})"
+            if c.score >= reject:
+                found.append(DuplicateMatch(other, c.score, c.where, "duplicate", p, c.item.path, c.other_path))
+                if ReasonCode.DUPLICATE_PERSON not in c.item.reasons + c.item.warnings:
+                    _flag(c.item, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate,
+                          f"same face as person {other} {where}: score {c.score:.3f} >= {reject:.3f}{odds}")
+            else:
+                found.append(DuplicateMatch(other, c.score, c.where, "possible", p, c.item.path, c.other_path))
+                if ReasonCode.POSSIBLE_DUPLICATE not in c.item.warnings:
+                    _warn(c.item, ReasonCode.POSSIBLE_DUPLICATE,
+                          f"looks like person {other} {where}: score {c.score:.3f} (review >= {review:.3f}, "
+                          f"reject >= {reject:.3f}{odds})")
+        if found:
+            out[persons[k].spec.person_id] = found
+    return out
 
 
 def cap_images(cp: CheckedPerson, limit: int) -> None:
@@ -140,12 +324,24 @@ def cap_images(cp: CheckedPerson, limit: int) -> None:
         _flag(it, ReasonCode.TOO_MANY_IMAGES, "reject", f"more than {limit} accepted images; kept the best", Status.SKIPPED)
 
 
-def apply_person_checks(persons: Sequence[CheckedPerson], policy: PersonPolicy) -> dict[str, set[str]]:
-    """Run every per-person check in a fixed order; returns DUPLICATE_PERSON clashes."""
-    check_duplicate_images(persons, policy)
+@dataclass
+class PersonChecks:
+    """What the per-person checks found beyond each item's own reasons."""
+
+    duplicates: dict[str, list[DuplicateMatch]] = field(default_factory=dict)
+
+
+def apply_person_checks(persons: Sequence[CheckedPerson], policy: PersonPolicy, rule: DuplicateRule | None = None,
+                        gallery: GalleryContext | None = None) -> PersonChecks:
+    """Run every per-person check in a fixed order. Identity first, so that a photo misfiled
+    under a second person is rejected there and the first person keeps it."""
     for cp in persons:
         check_identity(cp, policy)
-    clashes = check_duplicate_persons(persons, policy)
+    cross = check_duplicate_images(persons, policy)
+    dups = check_duplicate_persons(persons, policy, rule, gallery)
+    for copy, kept, score in cross:
+        dups.setdefault(copy.person_id or "", []).insert(
+            0, DuplicateMatch(kept.person_id or "", score, "run", "same_image", None, copy.path, kept.path))
     for cp in persons:
         cap_images(cp, policy.max_images_per_person)
-    return clashes
+    return PersonChecks(dups)

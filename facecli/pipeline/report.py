@@ -66,6 +66,9 @@ class PersonResult:
     accepted_images: int = 0
     message: str = ""
     warnings: list[ReasonCode] = field(default_factory=list)
+    #: Other persons (of the run or the gallery) this one looks like, most similar first:
+    #: ``DuplicateMatch.to_json()`` dicts (other_person_id, score, where, decision, ...).
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class PersonResult:
             "accepted_images": self.accepted_images,
             "message": self.message,
             "warnings": [str(w) for w in self.warnings],
+            "duplicates": self.duplicates,
         }
 
 
@@ -99,14 +103,33 @@ class RunSummary:
     interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
     duration_s: float = 0.0
+    #: Pairs of persons that look alike (DUPLICATE_PERSON, POSSIBLE_DUPLICATE, same photo).
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: How the duplicate decisions were made: score model, levels, whether the target was asked.
+    duplicate_check: dict[str, Any] = field(default_factory=dict)
+    warnings: Counter = field(default_factory=Counter)
+    _run_pairs: set = field(default_factory=set, repr=False)
 
     def add_item(self, item: ItemResult) -> None:
         self.images[str(item.status)] += 1
         for r in item.reasons:
             self.reasons[str(r)] += 1
+        for w in item.warnings:
+            self.warnings[str(w)] += 1
 
     def add_person(self, person: PersonResult) -> None:
         self.persons[str(person.status)] += 1
+        for d in person.duplicates:
+            if d.get("where") == "run":
+                key = frozenset((person.person_id, d["other_person_id"]))
+                if key in self._run_pairs:
+                    continue  # a pair inside the run is listed once
+                self._run_pairs.add(key)
+            self.duplicates.append({"person_id": person.person_id, **d})
+
+    def duplicate_pairs(self) -> list[dict[str, Any]]:
+        """Most similar first."""
+        return sorted(self.duplicates, key=lambda d: -d["score"])
 
     def finish(self) -> None:
         self.duration_s = time.monotonic() - self.started
@@ -125,6 +148,9 @@ class RunSummary:
             "images": {s: self.images.get(s, 0) for s in IMAGE_STATUSES},
             "persons": {s: self.persons.get(s, 0) for s in PERSON_STATUSES},
             "reasons": dict(sorted(self.reasons.items())),
+            "warnings": dict(sorted(self.warnings.items())),
+            "duplicates": self.duplicate_pairs(),
+            "duplicate_check": self.duplicate_check,
             "ignored_files": self.ignored_files,
             "duration_s": round(self.duration_s, 3),
             "retries": self.retries,
@@ -157,7 +183,7 @@ class JsonlReport:
 
 
 CSV_COLUMNS = ("kind", "path", "person_id", "status", "reasons", "faces", "box", "landmarks", "det_score",
-               "quality", "message")
+               "quality", "message", "warnings", "duplicates")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

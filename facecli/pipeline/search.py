@@ -9,6 +9,7 @@ from facecli.errors import ReasonCode
 from facecli.imaging.decode import DecodeFailure, decode_image
 from facecli.imaging.encode import PayloadSpec, payload_jpeg
 from facecli.pipeline.check import FaceChecker
+from facecli.pipeline.scale import SearchDecision
 from facecli.sinks.base import Match, SearchProbe, Sink
 from facecli.vision.align import align_face
 from facecli.vision.detect import Face
@@ -17,12 +18,14 @@ from facecli.vision.quality import gate_faces
 
 @dataclass
 class FaceMatches:
+    """One searched face: the matches that pass the decision, each annotated (score, its
+    false-match probability at the gallery's size, margin to the next person, ambiguous)."""
+
     face: Face
-    matches: list[Match]
+    matches: list[dict]
 
     def to_json(self) -> dict:
-        return {"box": self.face.to_json()["box"], "det_score": round(self.face.score, 4),
-                "matches": [m.to_json() for m in self.matches]}
+        return {"box": self.face.to_json()["box"], "det_score": round(self.face.score, 4), "matches": self.matches}
 
 
 @dataclass
@@ -45,8 +48,13 @@ class SearchResult:
 
 
 def search_image(path: str | Path, checker: FaceChecker, sink: Sink, collection: str, k: int = 5,
-                 min_score: float = 0.0, all_faces: bool = False) -> SearchResult:
-    """Detect, then search the main face (or, with ``all_faces``, every counted face)."""
+                 min_score: float = 0.0, all_faces: bool = False, decision: SearchDecision | None = None) -> SearchResult:
+    """Detect, then search the main face (or, with ``all_faces``, every counted face).
+
+    With a ``decision`` (the CLI's), its bar replaces ``min_score`` and one more person is asked
+    for, so the last reported match still has a margin to the next."""
+    decision = decision or SearchDecision(min_score, None, None, explicit=True)
+    fetch_min = 0.0 if decision.model is not None else decision.min_score
     result = SearchResult(str(path))
     try:
         image = decode_image(path, checker.config.limits)
@@ -69,5 +77,6 @@ def search_image(path: str | Path, checker: FaceChecker, sink: Sink, collection:
     for face, emb in zip(chosen, embeddings):
         jpeg = payload_jpeg(image.rgb, face.box / image.scale, spec) if getattr(sink, "takes_images", True) else None
         probe = SearchProbe(embedding=emb, jpeg=jpeg)
-        result.faces.append(FaceMatches(face, sink.search(collection, probe, k, min_score)))
+        matches = sink.search(collection, probe, k + 1, fetch_min)
+        result.faces.append(FaceMatches(face, decision.annotate(matches)[:k]))
     return result

@@ -482,7 +482,10 @@ def create_app(engine: eng.Engine, checker: FaceChecker, api_keys: Iterable[str]
         return HTMLResponse(html)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__})
+        # the recognizer's fingerprint: a client whose own model has the same sha256 reads this
+        # server's search scores through its score model (false-match probabilities, duplicates)
+        return JSONResponse({"status": "ok", "version": __version__,
+                             "recognizer_sha256": checker.recognizer.model.file.sha256})
 
     p = lambda h: _protected(server, h)  # noqa: E731
     routes = [

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import platformdirs
 
 from facecli.engine import engine as eng
@@ -152,6 +153,29 @@ class LocalSink:
         except eng.EngineError as exc:
             raise _target_error(exc) from None
         return [Match(h.person_id, h.person_name, h.score, dict(h.metadata)) for h in hits]
+
+    def search_many(self, collection: str, embeddings: np.ndarray, k: int, min_score: float) -> list[list[Match]]:
+        """One index pass for many probes (the duplicate check of a whole run)."""
+        if len(embeddings) == 0:
+            return []
+        try:
+            hits = self.engine.search(collection, np.asarray(embeddings, dtype=np.float32), k=k, min_score=min_score)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+        return [[Match(h.person_id, h.person_name, h.score, dict(h.metadata)) for h in row] for row in hits]
+
+    def gallery_size(self, collection: str) -> int | None:
+        """Faces in the collection (each is one comparison for a search); None when it is absent."""
+        try:
+            return int(self.engine.counts(collection)[1])
+        except eng.CollectionNotFound:
+            return None
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def score_fingerprint(self) -> str:
+        """Scores are cosines of the embeddings this facecli computed: its own recognizer's."""
+        return "local"
 
     def close(self) -> None:
         lock, self._writer_lock = getattr(self, "_writer_lock", None), None

@@ -316,6 +316,28 @@ class OpenCVFRSink(RemoteClient):
             raise self._fatal(resp, "searching", collection)
         return _parse_matches(_json(resp), k, min_score)
 
+    def gallery_size(self, collection: str) -> int | None:
+        """Persons in the collection (the listing is a `facecli serve` extension; None without it)."""
+        try:
+            total, _ = self._get_list("/persons", "persons", {"collection_name": collection}, 1, 0, collection)
+        except TargetError:
+            return None
+        return int(total)
+
+    def score_fingerprint(self) -> str | None:
+        """The recognizer sha256 whose cosine this server's scores are (`facecli serve` says so on
+        /health); None for a server that does not say (its scores are on its own scale)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = None
+            try:
+                resp = self._request("GET", "/health")
+                body = _json(resp) if resp.status_code == 200 else None
+                if isinstance(body, dict) and isinstance(body.get("recognizer_sha256"), str):
+                    self._fingerprint = body["recognizer_sha256"]
+            except TargetError:
+                pass
+        return self._fingerprint
+
     def close(self) -> None:
         self.http.close()
 

@@ -84,6 +84,11 @@ class RichProgress:
             self._progress = None
 
 
+def quiet_dup_note(summary: RunSummary) -> bool:
+    """Nothing was compared (no accepted image): the duplicate line would only be noise."""
+    return not (summary.images.get("accepted", 0) or summary.images.get("enrolled", 0))
+
+
 def summary_tables(summary: RunSummary, items: list[ItemResult], show: int,
                    persons: list[PersonResult] | None = None) -> None:
     """Counts per status and per reason, then the first ``show`` problem items."""
@@ -132,6 +137,24 @@ def summary_tables(summary: RunSummary, items: list[ItemResult], show: int,
             pt.add_row(p.person_id, f"[{STATUS_STYLE[str(p.status)]}]{p.status}[/]", f"{p.accepted_images}/{p.images}",
                        ", ".join(map(str, p.reasons)), ", ".join(map(str, p.warnings)), p.message)
         out.print(pt)
+    pairs = summary.duplicate_pairs()
+    if pairs and show:
+        d = Table(title=f"look-alike persons, most similar first ({min(show, len(pairs))} of {len(pairs)}; "
+                        "review POSSIBLE_DUPLICATE pairs)", title_justify="left")
+        for col in ("person", "looks like", "where", "score", "P(false)", "decision"):
+            d.add_column(col, justify="right" if col in ("score", "P(false)") else "left")
+        for pr in pairs[:show]:
+            p_false = pr.get("false_match_probability")
+            d.add_row(escape(pr["person_id"]), escape(pr["other_person_id"]),
+                      "gallery" if pr["where"] == "target" else "this run", f"{pr['score']:.4f}",
+                      "" if p_false is None else f"{p_false:.1e}", pr["decision"])
+        out.print(d)
+    dc = summary.duplicate_check
+    if dc and not quiet_dup_note(summary):
+        out.print(f"[dim]duplicates: reject >= {dc['reject_at']}, review >= {dc['review_at']} at "
+                  f"{dc['comparisons_per_face']:,} comparisons per face"
+                  f"{' (score model ' + dc['score_model'] + ')' if dc.get('score_model') else ' (fixed)'}; "
+                  f"target {escape(dc['target'])}[/]")
     if summary.ignored_files:
         out.print(f"[dim]{summary.ignored_files} file(s) ignored (not image files, or symbolic links); not checked[/]")
     out.print(f"[dim]{summary.duration_s:.1f} s[/]")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/dlib_shape5.py
 
 from facecli.imaging.decode import decode_image
 from facecli.pipeline.check import CheckConfig, FaceChecker
-from facecli.vision.align import DLIB_TEMPLATE_150, align_face
+from facecli.vision.align import DLIB_TEMPLATE_150, align_face, crop_scale
 from facecli.vision.detect import Face
 from facecli.vision.embed import MATCH_THRESHOLD
 from facecli.vision.quality import crop_measurements, gate_crop, gate_faces
@@ -127,8 +127,9 @@ def detect_subjects(checker: FaceChecker, root: Path, rels: list[str], fallback_
         gate = gate_faces(faces, w, h, checker.thresholds)
         rejects = bool(gate.reasons)
         if gate.main is not None and not rejects:
-            crop = align_face(image.rgb, gate.main.landmarks / image.scale)
-            rejects = bool(gate_crop(crop_measurements(crop), checker.thresholds))
+            landmarks = gate.main.landmarks / image.scale
+            crop = align_face(image.rgb, landmarks)
+            rejects = bool(gate_crop(crop_measurements(crop, crop_scale(landmarks)), checker.thresholds))
         out[rel] = Subject(None if main is None else main.landmarks / image.scale,
                            0.0 if main is None else main.score, len(faces), fallback, rejects)
     return out
@@ -337,7 +338,7 @@ def main() -> None:
     default_flip = default_rec.flip
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    det_key = hashlib.sha256(f"{checker.detector.model.path}{checker.thresholds.detection_score}{args.fallback_score}".encode()).hexdigest()[:12]
+    det_key = hashlib.sha256(f"{checker.detector.model.path}{checker.thresholds.to_dict()}{args.fallback_score}".encode()).hexdigest()[:12]
     det_cache = args.cache / f"subjects_{det_key}.pkl"
     t0 = time.perf_counter()
     subjects = load_subjects(det_cache)

@@ -87,3 +87,51 @@ def test_missing_models_name_the_fix(tmp_path, monkeypatch):
     res = runner.invoke(app, ["check", str(SAMPLES)])
     assert res.exit_code == 2
     assert "FACECLI_MODELS_DIR" in res.stderr and "facecli models fetch" in res.stderr
+
+
+def _image_lines(report):
+    return [json.loads(l) for l in report.read_text().splitlines() if json.loads(l)["kind"] == "image"]
+
+
+@needs_models
+def test_multi_face_largest_accepts_with_a_warning_and_the_default_rejects(tmp_path):
+    shutil.copy(SAMPLES / "two_faces.jpg", tmp_path / "two_faces.jpg")
+    report = tmp_path / "r.jsonl"
+    res = runner.invoke(app, ["check", str(tmp_path), "-q", "--no-journal", "--report", str(report)])
+    assert res.exit_code == 1
+    (line,) = _image_lines(report)
+    assert line["status"] == "rejected" and line["reasons"] == ["MULTIPLE_FACES"] and line["warnings"] == []
+    assert "2 faces (1 of similar size: 0.9" in line["message"]
+    res = runner.invoke(app, ["check", str(tmp_path), "--json", "--no-journal", "--multi-face", "largest",
+                              "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"]["accepted"] == 1
+    (line,) = _image_lines(report)
+    assert line["status"] == "accepted" and line["reasons"] == [] and line["warnings"] == ["MULTIPLE_FACES"]
+    assert line["faces"] == 2 and len(line["other_faces"]) == 1 and line["other_faces"][0]["size_ratio"] > 0.9
+
+
+@needs_models
+def test_multi_face_from_the_config_file_and_the_run_ledger_keeps_the_warning(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLES / "two_faces.jpg", photos / "two_faces.jpg")
+    cfg = tmp_path / "facecli.toml"
+    cfg.write_text('multi_face = "largest"\n')
+    monkeypatch.setenv("FACECLI_CONFIG", str(cfg))
+    report = tmp_path / "r.jsonl"
+    for _ in range(2):  # the second run reads the check from the ledger's cache
+        assert runner.invoke(app, ["check", str(photos), "-q", "--report", str(report)]).exit_code == 0
+        assert _image_lines(report)[0]["warnings"] == ["MULTIPLE_FACES"]
+    # a flag wins over the config file, and the cached 'largest' verdict is not reused for it
+    assert runner.invoke(app, ["check", str(photos), "-q", "--multi-face", "reject"]).exit_code == 1
+    cfg.write_text('multi_face = "first"\n')
+    res = runner.invoke(app, ["check", str(photos), "-q"])
+    assert res.exit_code == 2 and "multi_face" in res.stderr
+
+
+def test_multi_face_help_shows_the_choices():
+    for cmd in ("check", "enroll"):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+        assert "[reject|largest]" in res.stdout, cmd
+    assert runner.invoke(app, ["check", ".", "--multi-face", "first"]).exit_code == 2

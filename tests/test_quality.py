@@ -1,10 +1,23 @@
+import cv2
 import numpy as np
 import pytest
 
 from facecli.errors import ConfigError, ReasonCode
-from facecli.vision.align import DLIB_TEMPLATE_150, align_face, similarity_transform
+from facecli.imaging.decode import decode_image
+from facecli.vision.align import DLIB_TEMPLATE_150, align_face, crop_scale, similarity_transform
 from facecli.vision.detect import Face
-from facecli.vision.quality import PRESETS, Thresholds, gate_crop, gate_faces, head_pose, thresholds_for
+from facecli.vision.quality import (
+    PRESETS,
+    Thresholds,
+    crop_measurements,
+    gate_crop,
+    gate_faces,
+    head_pose,
+    other_face_verdict,
+    thresholds_for,
+)
+
+from .conftest import SAMPLES
 
 
 def face_at(x, y, size, score=0.95, yaw_shift=0.0):
@@ -42,6 +55,56 @@ def test_comparable_second_face_is_multiple_but_background_face_is_ignored():
     assert ReasonCode.MULTIPLE_FACES in gate_faces([main, face_at(300, 50, 120)], 600, 400, t).reasons
     g = gate_faces([main, face_at(300, 50, 60)], 600, 400, t)
     assert g.reasons == [] and len(g.others) == 1  # reported, not rejected
+
+
+def test_a_second_face_cut_by_the_border_does_not_compete():
+    t = Thresholds()
+    main = face_at(200, 100, 200)  # central in 600x400
+    cut = face_at(-30, 100, 200)  # as large, but its box crosses the left border
+    assert other_face_verdict(main, cut, 600, 400, t) == "cut"
+    g = gate_faces([main, cut], 600, 400, t)
+    assert g.reasons == [] and g.comparable == 0 and len(g.others) == 1
+    assert "1.00 cut by the border" in g.message
+    inside = face_at(10, 100, 200)  # the same face kept in frame competes
+    assert other_face_verdict(main, inside, 600, 400, t) is None
+
+
+def test_a_comparable_pair_at_the_centre_competes_and_the_message_states_the_sizes():
+    t = Thresholds()
+    left, right = face_at(110, 100, 180), face_at(310, 110, 170)  # side by side around the centre
+    g = gate_faces([left, right, face_at(500, 20, 60)], 600, 400, t)
+    assert g.reasons == [ReasonCode.MULTIPLE_FACES] and g.comparable == 1 and g.main is left
+    assert g.message == "3 faces (1 of similar size: 0.94 of the main face)"
+
+
+def test_a_clearly_smaller_face_beside_a_central_main_face_is_dominated():
+    t = Thresholds()
+    main = face_at(200, 100, 200)  # centred in 600x400
+    side = face_at(440, 150, 140)  # 0.7 of its size, off-centre, fully in frame
+    assert other_face_verdict(main, side, 600, 400, t) == "dominated"
+    assert gate_faces([main, side], 600, 400, t).reasons == []
+    # not when the main face is off-centre too, nor when the other face is nearly as large
+    assert other_face_verdict(face_at(20, 100, 200), face_at(440, 150, 140), 600, 400, t) is None
+    assert other_face_verdict(main, face_at(420, 120, 170), 600, 400, t) is None
+    # each number is a threshold field, overridable by name
+    assert other_face_verdict(main, side, 600, 400, thresholds_for(None, {"multi_face_dominated": 0.6})) is None
+
+
+def test_sharpness_does_not_depend_on_the_face_resolution():
+    """A sharp face photographed smaller is upscaled by alignment; measured on that upscale it
+    looked blurred. At the face's own resolution its sharpness stays about the same."""
+    rgb = decode_image(SAMPLES / "astronaut.jpg").rgb
+    lm = np.array([[101.1, 101.9], [145.7, 102.8], [119.7, 124.9], [100.8, 140.7], [138.7, 145.2]])  # YuNet's
+    base = crop_measurements(align_face(rgb, lm), crop_scale(lm))["sharpness"]
+    for f in (0.8, 0.6, 0.4):
+        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        crop = align_face(small, lm * f)
+        assert crop_scale(lm * f) == pytest.approx(crop_scale(lm) / f, rel=0.02)
+        native = crop_measurements(crop, crop_scale(lm * f))["sharpness"]
+        assert 0.7 * base < native < 3 * base, f
+        assert crop_measurements(crop)["sharpness"] < 0.6 * native  # what the upscaled crop shows
+    blurred = cv2.GaussianBlur(rgb, (0, 0), 3)
+    assert crop_measurements(align_face(blurred, lm), crop_scale(lm))["sharpness"] < Thresholds().min_sharpness
 
 
 def test_faces_below_detection_score_do_not_count():

@@ -31,12 +31,16 @@ def check(
     allow_absolute: bool = common.AllowAbsoluteOpt,
     on_identity_mismatch: str = common.OnMismatchOpt,
     on_duplicate: str = common.OnDuplicateOpt,
+    duplicate_budget: float = common.DuplicateBudgetOpt,
+    review_budget: float = common.ReviewBudgetOpt,
+    duplicate_min_score: float = common.DuplicateMinScoreOpt,
     max_images_per_person: int = common.MaxImagesOpt,
     report: Path = common.ReportOpt,
     json_out: bool = common.JsonOpt,
     quiet: bool = common.QuietOpt,
     preset: str = common.PresetOpt,
     threshold: list[str] = common.ThresholdOpt,
+    multi_face: common.MultiFace = common.MultiFaceOpt,
     max_megapixels: float = common.MaxMpOpt,
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
@@ -50,11 +54,13 @@ def check(
     config: Path = common.ConfigOpt,
 ) -> None:
     settings = Settings(
-        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device, "journal": journal},
+        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device, "journal": journal,
+         "multi_face": multi_face},
         config_path=config,
     )
     limit = common.parse_max_failures(max_failures)
-    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
+    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
+                                 duplicate_budget, review_budget, duplicate_min_score)
     cfg = common.build_check_config(settings, threshold, max_megapixels)
     discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
     checker = FaceChecker.open(cfg)

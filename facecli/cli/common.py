@@ -13,7 +13,7 @@ from facecli.cli.console import print_error
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, FacecliError
 from facecli.imaging.decode import DecodeLimits
-from facecli.pipeline.check import CheckConfig
+from facecli.pipeline.check import MULTI_FACE_MODES, CheckConfig, MultiFace
 from facecli.vision.quality import thresholds_for
 
 
@@ -49,6 +49,7 @@ def build_check_config(
         threads=int(threads) if threads else None,
         device=str(settings.get("device", "cpu")),
         keep_images=keep_images,
+        multi_face=str(settings.get("multi_face", "reject")),  # CheckConfig refuses other values
     )
 
 
@@ -81,6 +82,7 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (CUDA when on
 ConfigOpt = typer.Option(None, "--config", help="TOML config file (default $FACECLI_CONFIG or the user config dir).", dir_okay=False)
 FollowOpt = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while discovering photos.")
 ShowOpt = typer.Option(20, "--show", help="How many problem items to list after the summary (0: none).", min=0)
+MultiFaceOpt = typer.Option(None, "--multi-face", metavar=f"[{'|'.join(MULTI_FACE_MODES)}]", case_sensitive=False, show_default=False, help="When another face competes with the main one: reject the photo (MULTIPLE_FACES; default, or config key multi_face), or keep the largest face and accept it with MULTIPLE_FACES as a warning, the other faces listed in the report.")
 
 
 ManifestOpt = typer.Option(None, "--manifest", "-m", help="CSV (delimiter sniffed) or .jsonl manifest: person_id, person_name, image/images, optional gender, date_of_birth, nationality, notes; other columns become metadata.", dir_okay=False)
@@ -89,17 +91,44 @@ MetadataOpt = typer.Option(None, "--metadata", help="Comma-separated manifest co
 AllowAbsoluteOpt = typer.Option(False, "--allow-absolute", help="Allow absolute image paths in the manifest (default: relative to the manifest's folder only).")
 OnMismatchOpt = typer.Option("reject", "--on-identity-mismatch", help="reject or warn: an image that does not match the person's other images.")
 OnDuplicateOpt = typer.Option("reject", "--on-duplicate", help="reject or warn: duplicate images in the run, and one face under two person_ids.")
+DuplicateBudgetOpt = typer.Option(None, "--duplicate-budget", min=1e-12, max=0.5, metavar="P", help="Expected false DUPLICATE_PERSON rejections per person (default 0.0001: 1 in 10,000 persons). The rejection score rises with the run's and the gallery's size (README, 'The score model').")
+ReviewBudgetOpt = typer.Option(None, "--review-budget", min=1e-12, max=0.5, metavar="P", help="Expected false POSSIBLE_DUPLICATE warnings per person (default 0.01): the review list's length.")
+DuplicateMinScoreOpt = typer.Option(None, "--duplicate-min-score", min=0.0, max=1.0, metavar="SCORE", help="Fixed DUPLICATE_PERSON score instead of the score model's (review level: --review-budget, capped at it).")
 MaxImagesOpt = typer.Option(3, "--max-images-per-person", help="Keep at most N accepted images per person (best quality first; 0 = no limit). The rest are skipped.", min=0)
 
 
-def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int):
+def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int, settings: Settings | None = None,
+                  duplicate_budget: float | None = None, review_budget: float | None = None,
+                  duplicate_min_score: float | None = None):
+    """Per-person check policy from flags, then the config file (``duplicate_budget``,
+    ``review_budget``, ``duplicate_min_score``), then the defaults."""
     from facecli.pipeline.persons import POLICIES, PersonPolicy
 
     for opt, value in (("--on-identity-mismatch", on_identity_mismatch), ("--on-duplicate", on_duplicate)):
         if value not in POLICIES:
             raise ConfigError(f"{opt} must be one of {', '.join(POLICIES)}, got {value!r}")
+
+    def pick(flag: float | None, key: str) -> float | None:
+        value = flag if flag is not None else (settings.get(key) if settings is not None else None)
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} needs a number, got {value!r}") from None
+
+    extra: dict[str, float] = {}
+    for name, flag in (("duplicate_budget", duplicate_budget), ("review_budget", review_budget)):
+        v = pick(flag, name)
+        if v is not None:
+            if not 0 < v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+            extra[name] = v
+    fixed = pick(duplicate_min_score, "duplicate_min_score")
+    if fixed is not None:
+        extra["duplicate_threshold"] = fixed
     return PersonPolicy(on_identity_mismatch=on_identity_mismatch, on_duplicate=on_duplicate,
-                        max_images_per_person=max_images)
+                        max_images_per_person=max_images, **extra)
 
 
 def load_source(path: Path | None, manifest: Path | None, mapping: list[str] | None, metadata: str | None,

@@ -52,9 +52,13 @@ def enroll(
     allow_absolute: bool = common.AllowAbsoluteOpt,
     on_identity_mismatch: str = common.OnMismatchOpt,
     on_duplicate: str = common.OnDuplicateOpt,
+    duplicate_budget: float = common.DuplicateBudgetOpt,
+    review_budget: float = common.ReviewBudgetOpt,
+    duplicate_min_score: float = common.DuplicateMinScoreOpt,
     max_images_per_person: int = common.MaxImagesOpt,
     preset: str = common.PresetOpt,
     threshold: list[str] = common.ThresholdOpt,
+    multi_face: common.MultiFace = common.MultiFaceOpt,
     max_megapixels: float = common.MaxMpOpt,
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
@@ -70,14 +74,16 @@ def enroll(
     config: Path = common.ConfigOpt,
 ) -> None:
     settings = Settings({"preset": preset, "models_dir": models_dir, "threads": threads, "device": device,
-                         "to": to, "db": db, "collection": collection, "journal": journal}, config_path=config)
+                         "to": to, "db": db, "collection": collection, "journal": journal,
+                         "multi_face": multi_face}, config_path=config)
     limit = common.parse_max_failures(max_failures)
     if retry_failed and no_journal:
         raise common.ConfigError("--retry-failed needs the run ledger; drop --no-journal")
     if face_storage_type not in FACE_STORAGE_TYPES:
         raise common.ConfigError(f"--face-storage-type must be one of {', '.join(FACE_STORAGE_TYPES)}")
     target, db_path, coll = common.target_settings(settings)
-    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person)
+    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
+                                 duplicate_budget, review_budget, duplicate_min_score)
     discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
     ledger = None
     payload_spec = common.payload_spec(payload, max_image_bytes)

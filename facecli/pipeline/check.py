@@ -13,20 +13,31 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
-from facecli.errors import ReasonCode, Status, status_for
+from facecli.errors import ConfigError, ReasonCode, Status, status_for
 from facecli.imaging.decode import DecodedImage, DecodeFailure, DecodeLimits, decode_image
 from facecli.imaging.encode import PayloadSpec, payload_jpeg
 from facecli.imaging.phash import phash
-from facecli.vision.align import align_face
+from facecli.vision.align import align_face, crop_scale
 from facecli.vision.detect import Detector, Face
 from facecli.vision.embed import Recognizer
 from facecli.vision.models import DEFAULT_DETECTOR, DEFAULT_RECOGNIZER, resolve_model
 from facecli.vision.quality import Thresholds, crop_measurements, gate_crop, gate_faces
 from facecli.vision.runtime import default_threads
+
+
+class MultiFace(StrEnum):
+    """What to do with a photo where another face competes with the main one (``--multi-face``)."""
+
+    REJECT = "reject"  # MULTIPLE_FACES
+    LARGEST = "largest"  # keep the largest face; accepted with MULTIPLE_FACES as a warning
+
+
+MULTI_FACE_MODES = tuple(m.value for m in MultiFace)
 
 
 @dataclass
@@ -51,6 +62,14 @@ class CheckConfig:
     #: Encode this image of each accepted face at check time (upload payloads, stored thumbnails),
     #: so the decoded pixels can be dropped at once instead of being decoded again later.
     payload: PayloadSpec | None = None
+    #: One of MULTI_FACE_MODES (FindFace's ``--mf-selector`` idea): "largest" suits sources such
+    #: as press photos where the subject is the biggest face; the others are listed in the report.
+    multi_face: str = "reject"
+
+    def __post_init__(self) -> None:
+        if self.multi_face not in MULTI_FACE_MODES:
+            raise ConfigError(f"multi_face must be one of {', '.join(MULTI_FACE_MODES)}, got {self.multi_face!r}",
+                              hint="--multi-face, or the config file key multi_face")
 
 
 @dataclass
@@ -75,6 +94,8 @@ class ImageCheck:
     image: DecodedImage | None = None
     payload: bytes | None = field(default=None, repr=False)
     crop: np.ndarray | None = field(default=None, repr=False)
+    #: Codes reported without changing the status (MULTIPLE_FACES under ``multi_face="largest"``).
+    warnings: list[ReasonCode] = field(default_factory=list)
 
     @property
     def accepted(self) -> bool:
@@ -92,11 +113,17 @@ class ImageCheck:
             "det_score": None,
             "quality": {k: round(v, 2) for k, v in self.quality.items()},
             "message": self.message,
+            "warnings": [str(w) for w in self.warnings],
         }
         if self.face is not None:
             out.update(self.face.to_json())
         if self.other_faces:
-            out["other_faces"] = [{"box": f.to_json()["box"], "det_score": round(f.score, 4)} for f in self.other_faces]
+            main = self.face.size if self.face is not None and self.face.size > 0 else None
+            out["other_faces"] = [
+                {"box": f.to_json()["box"], "det_score": round(f.score, 4)}
+                | ({"size_ratio": round(f.size / main, 3)} if main else {})
+                for f in self.other_faces
+            ]
         out.update({"width": self.width, "height": self.height, "format": self.format, "sha256": self.sha256})
         return out
 
@@ -220,18 +247,22 @@ class FaceChecker:
         item.face, item.other_faces = gate.main, gate.others
         item.quality = dict(gate.measurements)
         reasons = gate.reasons
+        if ReasonCode.MULTIPLE_FACES in reasons and self.config.multi_face == MultiFace.LARGEST:
+            reasons.remove(ReasonCode.MULTIPLE_FACES)
+            item.warnings.append(ReasonCode.MULTIPLE_FACES)
         if gate.main is not None:
             t1 = time.perf_counter()
-            crop = align_face(image.rgb, gate.main.landmarks / scale)
-            item.quality.update(crop_measurements(crop))
+            landmarks = gate.main.landmarks / scale
+            crop = align_face(image.rgb, landmarks)
+            item.quality.update(crop_measurements(crop, crop_scale(landmarks)))
             reasons += gate_crop(item.quality, t)
             item.timings["align"] = time.perf_counter() - t1
             if not reasons:
                 item.crop = crop
                 if self.config.payload is not None:
                     item.payload = payload_jpeg(image.rgb, gate.main.box / scale, self.config.payload)
-        if gate.others and not gate.comparable:
-            messages.append(f"{len(gate.others)} smaller background face(s) ignored")
+        if gate.message:
+            messages.append(gate.message + ("; kept the largest" if item.warnings else ""))
         item.reasons = reasons
         item.status = status_for(reasons)
         item.message = "; ".join(messages)

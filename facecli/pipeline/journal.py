@@ -37,7 +37,7 @@ from facecli.vision.detect import Face
 
 JOURNAL_ENV = "FACECLI_JOURNAL"
 #: Bump when ImageCheck's meaning changes: old cached checks are then ignored.
-CHECK_CACHE_VERSION = 1
+CHECK_CACHE_VERSION = 2  # 2: sharpness at the face's own resolution; warnings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -77,7 +77,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def check_config_key(checker: FaceChecker) -> str:
-    """Everything that changes a check's result or payload: models, thresholds, limits, payload."""
+    """Everything that changes a check's result or payload: models, thresholds, limits, payload,
+    the multi-face mode."""
     cfg: CheckConfig = checker.config
     parts = {
         "v": CHECK_CACHE_VERSION,
@@ -86,6 +87,7 @@ def check_config_key(checker: FaceChecker) -> str:
         "thresholds": cfg.thresholds.to_dict(),
         "limits": asdict(cfg.limits),
         "payload": asdict(cfg.payload) if cfg.payload else None,
+        "multi_face": cfg.multi_face,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -238,6 +240,7 @@ class Journal:
         return ImageCheck(
             path=path, status=Status(d["status"]), reasons=[ReasonCode(r) for r in d["reasons"]],
             message=d["message"], faces=d["faces"], face=_face_from(d["face"]),
+            warnings=[ReasonCode(w) for w in d.get("warnings", [])],
             other_faces=[_face_from(f) for f in d["other_faces"]], quality=d["quality"],
             embedding=np.frombuffer(row[1], dtype="<f4").copy() if row[1] is not None else None,
             sha256=sha256, phash=d["phash"], width=d["width"], height=d["height"], format=d["format"],
@@ -249,6 +252,7 @@ class Journal:
         if not check.sha256 or check.status == Status.FAILED:
             return  # failures (unreadable, corrupt) are cheap to redo and may be transient
         d = {"status": str(check.status), "reasons": [str(r) for r in check.reasons], "message": check.message,
+             "warnings": [str(w) for w in check.warnings],
              "faces": check.faces, "face": _face_json(check.face), "other_faces": [_face_json(f) for f in check.other_faces],
              "quality": check.quality, "phash": check.phash, "width": check.width, "height": check.height,
              "format": check.format}

@@ -43,3 +43,10 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, template: np.ndarray = DL
     """Warp the face with these landmarks (pixels of ``rgb``) to a ``size`` x ``size`` RGB crop."""
     m = similarity_transform(landmarks, template)
     return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def crop_scale(landmarks: np.ndarray, template: np.ndarray = DLIB_TEMPLATE_150) -> float:
+    """Crop pixels per image pixel of ``align_face`` for these landmarks: above 1 the crop is an
+    upscale of a face smaller than the template, and holds no more detail than the face had."""
+    m = similarity_transform(landmarks, template)
+    return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))

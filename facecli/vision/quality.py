@@ -5,7 +5,9 @@ override fields by name. Measurements are returned with every item so a user can
 rejected photo was from the bar and tune the bar for their own cameras.
 
 Defaults were set on ../shared/datasets (deepface-pairs, compreface-samples) and sample_images:
-every real single-face photo there passes, every derived bad case fails with its own reason.
+every real single-face photo there passes, every derived bad case fails with its own reason; the
+multi-face rule and the sharpness scale were then measured on LFW press photos (README,
+"Thresholds and presets").
 """
 
 from __future__ import annotations
@@ -38,12 +40,23 @@ class Thresholds:
     detection_score: float = 0.8
     #: Detector score the main face must reach to be accepted (LOW_CONFIDENCE below).
     min_confidence: float = 0.85
-    #: Another face at least this fraction of the main face's size makes MULTIPLE_FACES;
-    #: smaller ones (people in the background) are reported but ignored.
+    #: MULTIPLE_FACES needs another face that competes with the main one (``other_face_verdict``):
+    #: at least this fraction of the main face's size (smaller ones, people in the background,
+    #: are reported but ignored),
     multi_face_ratio: float = 0.5
+    #: ... kept at least this share of its own size from every image border (a face the frame
+    #: cuts was not framed as a subject; at 0, a box that crosses the border),
+    multi_face_border: float = 0.0
+    #: ... and not dominated: under this fraction of the main face's size while the main face is
+    #: central and nearer the image centre than it (the subject of a press photo or a portrait).
+    multi_face_dominated: float = 0.8
+    #: The main face is central when its box centre lies within this many main-face sizes of the
+    #: image centre.
+    multi_face_central: float = 0.5
     min_face_size: float = 40.0  # sqrt(box w * box h)
     min_eye_distance: float = 15.0
-    #: Variance of the Laplacian on the aligned face (blurred sample ~5, real photos >= 30).
+    #: Variance of the Laplacian on the aligned face at the face's own resolution
+    #: (``crop_measurements``): blurred sample ~5; real photos >= 25 (LFW), most >= 100.
     min_sharpness: float = 20.0
     min_brightness: float = 45.0  # mean grey level of the aligned face, 0..255
     max_brightness: float = 225.0
@@ -126,12 +139,26 @@ def head_pose(landmarks: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
-def crop_measurements(aligned_rgb: np.ndarray) -> dict[str, float]:
-    """Sharpness and brightness of the aligned face crop."""
+def crop_measurements(aligned_rgb: np.ndarray, upscale: float = 1.0) -> dict[str, float]:
+    """Sharpness and brightness of the aligned face crop.
+
+    ``upscale`` is the crop's pixels per image pixel (``align.crop_scale``). When the crop is an
+    upscale of a smaller face, the Laplacian is taken after shrinking it back to the face's own
+    resolution: interpolation adds no detail but spreads every edge over more pixels, so on the
+    upscaled crop a sharp 60 px face measured like a blurred one, and a smaller copy of an
+    accepted photo was refused as blurred. Faces at or above the template's size are measured on
+    the crop itself, the resolution the recognizer sees.
+    """
     grey = cv2.cvtColor(aligned_rgb, cv2.COLOR_RGB2GRAY)
-    region = grey[_FACE_REGION]
-    lap = cv2.Laplacian(grey, cv2.CV_32F)[_FACE_REGION]
-    return {"sharpness": float(lap.var()), "brightness": float(region.mean())}
+    brightness = float(grey[_FACE_REGION].mean())
+    side = grey.shape[0]
+    if upscale > 1.0:
+        n = max(16, round(side / upscale))
+        grey = cv2.resize(grey, (n, n), interpolation=cv2.INTER_AREA)
+    k = grey.shape[0] / side
+    rows, cols = (slice(round(r.start * k), round(r.stop * k)) for r in _FACE_REGION)
+    lap = cv2.Laplacian(grey, cv2.CV_32F)[rows, cols]
+    return {"sharpness": float(lap.var()), "brightness": brightness}
 
 
 @dataclass
@@ -140,9 +167,11 @@ class GateResult:
 
     reasons: list[ReasonCode]
     main: Face | None
-    others: list[Face]  # every other detected face (comparable or ignored)
-    comparable: int  # how many of ``others`` are comparable in size to the main face
+    others: list[Face]  # every other detected face (competing or ignored)
+    comparable: int  # how many of ``others`` compete with the main face (``other_face_verdict``)
     measurements: dict[str, float]
+    #: The other faces' measured sizes and why each competes or not, for the item's message.
+    message: str = ""
 
 
 def gate_image_size(width: int, height: int, t: Thresholds) -> list[ReasonCode]:
@@ -151,11 +180,60 @@ def gate_image_size(width: int, height: int, t: Thresholds) -> list[ReasonCode]:
     return []
 
 
+def _border(face: Face, width: int, height: int) -> float:
+    """Distance from the face box to the nearest image border (negative: the box crosses it)."""
+    x, y, w, h = (float(v) for v in face.box)
+    return min(x, y, width - (x + w), height - (y + h))
+
+
+def _centre_offset(face: Face, width: int, height: int) -> float:
+    x, y, w, h = (float(v) for v in face.box)
+    return float(np.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2))
+
+
+def other_face_verdict(main: Face, other: Face, width: int, height: int, t: Thresholds) -> str | None:
+    """None when ``other`` competes with the main face (the photo is ambiguous), else why not:
+    ``"small"``, ``"cut"`` (by the image border) or ``"dominated"`` (by a central, larger main face).
+
+    Why these three (measured on LFW press photos, README "Thresholds and presets"): people in
+    the background are small; a face cut by the frame was not framed as a subject; and a face
+    clearly smaller than a central main face is a bystander. Two similar faces side by side,
+    neither central, still compete, as do faces the frame keeps in a group photo.
+    """
+    ratio = other.size / main.size
+    if ratio < t.multi_face_ratio:
+        return "small"
+    if _border(other, width, height) < t.multi_face_border * other.size:
+        return "cut"
+    if ratio < t.multi_face_dominated:
+        offset = _centre_offset(main, width, height)
+        if offset <= t.multi_face_central * main.size and offset < _centre_offset(other, width, height):
+            return "dominated"
+    return None
+
+
+_IGNORED = {"small": "small", "cut": "cut by the border", "dominated": "smaller than the central main face"}
+
+
+def _faces_message(main: Face, others: list[Face], verdicts: list[str | None]) -> str:
+    """'3 faces (2 of similar size: 0.92, 0.81 of the main face)' or what was ignored and why."""
+    if not others:
+        return ""
+    ratios = [o.size / main.size for o in others]
+    competing = sorted((r for r, v in zip(ratios, verdicts) if v is None), reverse=True)
+    if competing:
+        listed = ", ".join(f"{r:.2f}" for r in competing)
+        return f"{len(others) + 1} faces ({len(competing)} of similar size: {listed} of the main face)"
+    listed = ", ".join(f"{r:.2f} {_IGNORED[v]}" for r, v in sorted(zip(ratios, verdicts), key=lambda p: -p[0]))
+    return f"{len(others)} other face(s) ignored (size vs the main face: {listed})"
+
+
 def gate_faces(faces: list[Face], width: int, height: int, t: Thresholds) -> GateResult:
     """Pick the main face and apply every threshold that needs only the detection.
 
     ``faces`` are in original-image pixels. The main face is the largest; faces below
-    ``detection_score`` are not counted at all.
+    ``detection_score`` are not counted at all. MULTIPLE_FACES when another face competes with
+    it (``other_face_verdict``).
     """
     faces = [f for f in faces if f.score >= t.detection_score]
     reasons = gate_image_size(width, height, t)
@@ -163,10 +241,10 @@ def gate_faces(faces: list[Face], width: int, height: int, t: Thresholds) -> Gat
         return GateResult(reasons + [ReasonCode.NO_FACE], None, [], 0, {})
     main = max(faces, key=lambda f: f.size)
     others = [f for f in faces if f is not main]
-    comparable = sum(1 for f in others if f.size >= t.multi_face_ratio * main.size)
+    verdicts = [other_face_verdict(main, f, width, height, t) for f in others]
+    comparable = sum(1 for v in verdicts if v is None)
     yaw, pitch, roll = head_pose(main.landmarks)
-    x, y, w, h = (float(v) for v in main.box)
-    border = min(x, y, width - (x + w), height - (y + h))
+    border = _border(main, width, height)
     m = {
         "face_size": main.size,
         "eye_distance": main.eye_distance,
@@ -185,7 +263,7 @@ def gate_faces(faces: list[Face], width: int, height: int, t: Thresholds) -> Gat
         reasons.append(ReasonCode.EXTREME_POSE)
     if -border > t.max_outside * main.size or (t.min_border > 0 and border < t.min_border):
         reasons.append(ReasonCode.FACE_TRUNCATED)
-    return GateResult(reasons, main, others, comparable, m)
+    return GateResult(reasons, main, others, comparable, m, _faces_message(main, others, verdicts))
 
 
 def gate_crop(measurements: dict[str, float], t: Thresholds) -> list[ReasonCode]:

@@ -82,7 +82,7 @@ REASON_HELP: dict[ReasonCode, str] = {
     ReasonCode.IMAGE_TOO_LARGE: "more pixels or bytes than allowed (decompression-bomb guard)",
     ReasonCode.IMAGE_TOO_SMALL: "image sides below the minimum",
     ReasonCode.NO_FACE: "no face found",
-    ReasonCode.MULTIPLE_FACES: "another face comparable in size to the main one",
+    ReasonCode.MULTIPLE_FACES: "another face competes with the main one (similar size, inside the image, not behind it)",
     ReasonCode.FACE_TOO_SMALL: "face box or distance between the eyes below the minimum",
     ReasonCode.LOW_CONFIDENCE: "detector score below the acceptance minimum",
     ReasonCode.LOW_SHARPNESS: "aligned face too blurred (variance of the Laplacian)",

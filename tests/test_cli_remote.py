@@ -163,3 +163,26 @@ def test_faults_lose_nobody_and_a_refused_person_fails_alone(served, keyed, tmp_
     assert all(p.metadata == {"identity": next(r["identity"] for r in rows if r["file"] == p.person_id + ".jpg")}
                for p in persons)
     secrets_absent(res, report)
+
+
+@needs_data
+def test_duplicate_across_runs_found_through_facecli_serve(served, keyed, tmp_path):
+    """`facecli serve` names its recognizer on /health, so its search scores are read through the
+    score model: a person enrolled in an earlier run is found as a duplicate under a new id."""
+    import shutil
+
+    comp = DATASETS / "compreface-samples"
+    for pid, name in (("alice", "001_A.jpg"), ("bob", "007_B.jpg")):
+        (tmp_path / "r1" / pid).mkdir(parents=True)
+        shutil.copy(comp / name, tmp_path / "r1" / pid / name)
+    (tmp_path / "r2" / "alice-again").mkdir(parents=True)
+    shutil.copy(comp / "002_A.jpg", tmp_path / "r2" / "alice-again" / "002_A.jpg")
+    res = invoke("enroll", tmp_path / "r1", "--to", served.url, "-c", "dups", "--create-collection", "--json",
+                 "--no-journal")
+    assert res.exit_code == 0, res.output
+    res = invoke("enroll", tmp_path / "r2", "--to", served.url, "-c", "dups", "--json", "--no-journal")
+    assert res.exit_code == 1, res.output
+    s = json.loads(res.stdout)
+    assert s["duplicate_check"]["target"].startswith("checked against 2")
+    assert s["duplicates"][0]["other_person_id"] == "alice" and s["duplicates"][0]["where"] == "target"
+    assert s["persons"]["rejected"] == 1 and s["persons"]["enrolled"] == 0

@@ -39,7 +39,9 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/dlib_shape5.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/dlib_shape5.py, bench/lfw_data.py
+
+from lfw_data import detect_subject, subject_face  # noqa: E402  (LFW's subject rule, one copy)
 
 from facecli.imaging.decode import decode_image
 from facecli.pipeline.check import CheckConfig, FaceChecker
@@ -90,14 +92,6 @@ def devtest_subset(root: Path = LFW, n_same: int = 100, n_diff: int = 100) -> li
 
 # -- the subject of each photo --------------------------------------------------------------------
 
-def subject_face(faces: list[Face], width: int, height: int) -> Face | None:
-    """The face whose box centre is nearest the image centre (LFW's subject rule)."""
-    if not faces:
-        return None
-    cx, cy = width / 2, height / 2
-    return min(faces, key=lambda f: (f.box[0] + f.box[2] / 2 - cx) ** 2 + (f.box[1] + f.box[3] / 2 - cy) ** 2)
-
-
 @dataclass
 class Subject:
     landmarks: np.ndarray | None  # (5, 2) pixels of the decoded image
@@ -116,13 +110,8 @@ def detect_subjects(checker: FaceChecker, root: Path, rels: list[str], fallback_
         w, h = image.source_width, image.source_height
         main = subject_face(faces, w, h)
         fallback = False
-        if main is None and fallback_score < det.score_threshold:
-            keep = det.score_threshold
-            det.score_threshold = fallback_score
-            try:
-                main = subject_face([f.scaled(image.scale) for f in det.detect(image.rgb)], w, h)
-            finally:
-                det.score_threshold = keep
+        if main is None:
+            main = detect_subject(det, image, fallback_score)
             fallback = main is not None
         gate = gate_faces(faces, w, h, checker.thresholds)
         rejects = bool(gate.reasons)

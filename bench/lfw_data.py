@@ -56,6 +56,21 @@ def subject_face(faces: list[Face], width: int, height: int) -> Face | None:
     return min(faces, key=lambda f: (f.box[0] + f.box[2] / 2 - cx) ** 2 + (f.box[1] + f.box[3] / 2 - cy) ** 2)
 
 
+def detect_subject(det, image, fallback_score: float = 0.3) -> Face | None:
+    """The subject (original-image pixels) of a decoded photo: YuNet at its own score, then once
+    more at ``fallback_score`` when it found nothing."""
+    w, h = image.source_width, image.source_height
+    main = subject_face([f.scaled(image.scale) for f in det.detect(image.rgb)], w, h)
+    if main is None and fallback_score < det.score_threshold:
+        keep = det.score_threshold
+        det.score_threshold = fallback_score
+        try:
+            main = subject_face([f.scaled(image.scale) for f in det.detect(image.rgb)], w, h)
+        finally:
+            det.score_threshold = keep
+    return main
+
+
 @dataclass
 class LfwEmbeddings:
     rels: list[str]
@@ -86,15 +101,7 @@ def _embed_all(checker: FaceChecker, root: Path, rels: list[str], fallback_score
 
     for i, rel in enumerate(rels):
         image = decode_image(root / "images" / rel, checker.config.limits)
-        w, h = image.source_width, image.source_height
-        main = subject_face([f.scaled(image.scale) for f in det.detect(image.rgb)], w, h)
-        if main is None:
-            keep = det.score_threshold
-            det.score_threshold = fallback_score
-            try:
-                main = subject_face([f.scaled(image.scale) for f in det.detect(image.rgb)], w, h)
-            finally:
-                det.score_threshold = keep
+        main = detect_subject(det, image, fallback_score)
         if main is None:
             continue
         crops.append(align_face(image.rgb, main.landmarks / image.scale))

@@ -67,6 +67,15 @@ class Settings:
             return self.file[name]
         return default
 
+    def level(self, name: str) -> int | None:
+        """Where a setting comes from: 0 flag, 1 environment, 2 config file, None unset (lower wins)."""
+        if name in self.flags:
+            return 0
+        env = ENV_VARS.get(name)
+        if env and os.environ.get(env):
+            return 1
+        return 2 if name in self.file else None
+
     def thresholds(self, cli_overrides: dict[str, Any]) -> dict[str, Any]:
         """Threshold overrides: config file ``[thresholds]`` table, then flags on top."""
         table = self.file.get("thresholds", {})

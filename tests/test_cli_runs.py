@@ -226,3 +226,164 @@ def test_precedence_flags_env_config_defaults(tmp_path, monkeypatch):
     assert Settings({"preset": "default"}).get("preset") == "default"  # flag beats env
     assert Settings({"preset": None}).get("preset") == "azure-face"  # an unset flag does not count
     assert Settings().get("collection") == "from-config"
+
+
+@needs_models
+def test_resume_trusts_the_target_not_only_the_ledger(tmp_path):
+    """The ledger's "already enrolled" is checked against the target in one batch: a deleted
+    person, a deleted database or a re-created collection is re-sent, not reported UNCHANGED."""
+    db = tmp_path / "g.db"
+    assert invoke("enroll", SAMPLES, "--db", db, "--create-collection", "-q").exit_code == 1  # bad samples
+    s = json.loads(invoke("enroll", SAMPLES, "--db", db, "--json").stdout)
+    assert s["persons"]["skipped"] == 2 and s["ledger"]["checked_at_target"] is True
+    assert s["ledger"]["missing_at_target"] == 0
+    assert invoke("persons", "delete", "astronaut", "--db", db).exit_code == 0
+    s = json.loads(invoke("enroll", SAMPLES, "--db", db, "--json").stdout)
+    assert s["persons"]["enrolled"] == 1 and s["persons"]["skipped"] == 1, s
+    assert s["ledger"]["missing_at_target"] == 1
+    assert invoke("collections", "delete", "default", "-y", "--db", db).exit_code == 0
+    assert invoke("collections", "create", "default", "--db", db).exit_code == 0
+    s = json.loads(invoke("enroll", SAMPLES, "--db", db, "--json").stdout)
+    assert s["persons"]["enrolled"] == 2 and s["persons"]["skipped"] == 0, s
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"g.db{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "g.db.index", ignore_errors=True)
+    s = json.loads(invoke("enroll", SAMPLES, "--db", db, "--create-collection", "--json").stdout)
+    assert s["persons"]["enrolled"] == 2 and s["persons"]["skipped"] == 0, s
+    with Engine(db) as e:
+        assert e.counts("default") == (2, 3)
+
+
+def test_ledger_skip_asks_the_target_once_and_says_when_it_cannot():
+    from facecli.pipeline.enroll import still_held
+    from facecli.pipeline.report import RunSummary
+
+    class Counting:
+        calls = 0
+
+        def held_ids(self, collection, ids):
+            Counting.calls += 1
+            return {i for i in ids if int(i[1:]) % 2 == 0}
+
+    summary = RunSummary(command="enroll")
+    ids = [f"p{i}" for i in range(3000)]
+    assert still_held(Counting(), "default", ids, summary) == {i for i in ids if int(i[1:]) % 2 == 0}
+    assert Counting.calls == 1 and summary.ledger["missing_at_target"] == 1500
+    summary = RunSummary(command="enroll")
+    assert still_held(object(), "default", ["a", "b"], summary) == {"a", "b"}  # cannot tell: keep the ledger's word
+    assert summary.ledger["checked_at_target"] is False and "cannot" in summary.ledger["note"]
+
+
+@needs_models
+def test_nothing_to_do_exits_0_with_a_clear_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = invoke("check", empty)
+    assert res.exit_code == 0 and "nothing to do" in res.stdout, res.output
+    db = tmp_path / "g.db"
+    res = invoke("enroll", empty, "--db", db, "--create-collection", "--json")
+    assert res.exit_code == 0 and "no photos" in json.loads(res.stdout)["nothing_to_do"]
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(SAMPLES / "grace_hopper.jpg", one / "grace_hopper.jpg")
+    assert invoke("enroll", one, "--db", db, "-q").exit_code == 0
+    res = invoke("enroll", one, "--db", db, "--retry-failed")
+    assert res.exit_code == 0 and "nothing to retry" in res.stdout, res.output
+
+
+@needs_models
+def test_target_flags_beat_the_environment_and_the_environment_beats_the_config(tmp_path, monkeypatch):
+    from facecli.cli.common import target_settings
+    from facecli.config import Settings
+
+    env_db, flag_db, cfg_db = tmp_path / "env.db", tmp_path / "flag.db", tmp_path / "cfg.db"
+    monkeypatch.setenv("FACECLI_DB", str(env_db))
+    res = invoke("enroll", SAMPLES / "grace_hopper.jpg", "--to", f"sqlite:///{flag_db}", "--create-collection", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["target"] == f"sqlite:///{flag_db}" and flag_db.exists() and not env_db.exists()
+    pg = "postgresql://u@127.0.0.1:1/x"
+    assert target_settings(Settings({"to": pg})) == (pg, None, "default")  # not "give the database ... not both"
+    assert invoke("enroll", SAMPLES / "grace_hopper.jpg", "--to", f"sqlite:///{flag_db}", "--db", env_db,
+                  "-q").exit_code == 2  # two flags still conflict
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'to = "sqlite:///{cfg_db}"\n')
+    monkeypatch.setenv("FACECLI_CONFIG", str(cfg))
+    assert target_settings(Settings()) == ("local", str(env_db), "default")  # env db beats config `to`
+    assert target_settings(Settings({"db": str(flag_db)})) == ("local", str(flag_db), "default")
+    monkeypatch.delenv("FACECLI_DB")
+    assert target_settings(Settings()) == (f"sqlite:///{cfg_db}", None, "default")
+    monkeypatch.setenv("FACECLI_TARGET", "local")
+    cfg.write_text(f'db = "{cfg_db}"\n')
+    assert target_settings(Settings()) == ("local", str(cfg_db), "default")  # `local` takes a db from anywhere
+
+
+@needs_models
+def test_json_prints_one_summary_object_on_fatal_errors(tmp_path):
+    res = invoke("enroll", SAMPLES / "grace_hopper.jpg", "--db", tmp_path / "g.db", "-c", "nope", "--json")
+    assert res.exit_code == 3
+    s = json.loads(res.stdout)
+    assert s["exit_code"] == 3 and "nope" in s["error"] and s["command"] == "enroll" and s["collection"] == "nope"
+    res = invoke("enroll", SAMPLES / "grace_hopper.jpg", "--to", "http://127.0.0.1:9", "--retries", "0",
+                 "--timeout", "1", "--create-collection", "--json")
+    assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3, res.output
+    res = invoke("check", tmp_path / "missing", "--json")
+    assert res.exit_code == 2 and json.loads(res.stdout)["error"].startswith("path not found")
+
+
+@needs_models
+def test_read_only_commands_create_no_database_and_no_ledger(tmp_path, monkeypatch):
+    journal = tmp_path / "journal.db"
+    monkeypatch.setenv("FACECLI_JOURNAL", str(journal))
+    res = invoke("runs", "list", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"runs": []} and not journal.exists()
+    assert invoke("runs", "list").exit_code == 0 and not journal.exists()
+    res = invoke("runs", "show", "2026")
+    assert res.exit_code == 3 and "no run ledger" in res.stderr and not journal.exists()
+    db = tmp_path / "none.db"
+    res = invoke("search", SAMPLES / "grace_hopper.jpg", "--db", db)
+    assert res.exit_code == 3 and "no database" in res.stderr and "--create-collection" not in res.stderr.split(
+        "hint")[0], res.output
+    assert not db.exists() and not (tmp_path / "none.db.lock").exists()
+    for args in (("collections", "list"), ("persons", "list"), ("persons", "get", "x")):
+        assert invoke(*args, "--db", db).exit_code == 3 and not db.exists()
+    assert invoke("collections", "create", "staff", "--db", db).exit_code == 0  # a writer may create it
+    res = invoke("search", SAMPLES / "grace_hopper.jpg", "--db", db, "-c", "nope")
+    assert res.exit_code == 3 and "collections list" in res.stderr
+
+
+@needs_models
+def test_report_path_and_format_are_checked_before_any_work(tmp_path, monkeypatch):
+    import facecli.pipeline.check as check_mod
+
+    calls = []
+    real = check_mod.decode_image
+    monkeypatch.setattr(check_mod, "decode_image", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for cmd in ("check", "enroll"):
+        target = ["--db", tmp_path / "g.db", "--create-collection"] if cmd == "enroll" else []
+        res = invoke(cmd, SAMPLES / "grace_hopper.jpg", *target, "--report", "/proc/facecli-r.jsonl")
+        assert res.exit_code == 2 and "cannot be written" in res.stderr, res.output  # no traceback
+        res = invoke(cmd, SAMPLES / "grace_hopper.jpg", "--report", tmp_path / "r.txt", "--json")
+        assert res.exit_code == 2 and ".jsonl" in res.stderr and json.loads(res.stdout)["exit_code"] == 2
+        assert not (tmp_path / "r.txt").exists()
+    assert calls == [] and not (tmp_path / "g.db").exists()
+    assert invoke("check", SAMPLES / "grace_hopper.jpg", "--report", tmp_path / "r.json", "-q").exit_code == 0
+    assert json.loads((tmp_path / "r.json").read_text().splitlines()[0])["kind"] == "image"
+
+
+@needs_models
+@needs_data
+def test_run_states_failed_and_abandoned_with_counts_so_far(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACECLI_JOURNAL", str(tmp_path / "journal.db"))
+    assert invoke("enroll", SAMPLES / "grace_hopper.jpg", "--db", tmp_path / "g.db", "-c", "nope", "-q").exit_code == 3
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert runs[0]["status"] == "failed" and "nope" in runs[0]["error"]
+    proc = _spawn(tmp_path)
+    _wait_confirmed(tmp_path, proc)
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert runs[0]["status"] == "running" and runs[0]["progress"]["persons_enrolled"] >= 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    runs = json.loads(invoke("runs", "list", "--json").stdout)["runs"]
+    assert runs[0]["status"] == "abandoned" and runs[0]["progress"]["persons_enrolled"] >= 1, runs[0]
+    shown = invoke("runs", "show", runs[0]["run_id"]).stdout
+    assert ": abandoned" in shown and "resume" in shown and "so_far" in shown

@@ -465,3 +465,16 @@ def test_both_backends_give_the_same_answers(tmp_path: Path) -> None:
     finally:
         for e in engines:
             e.close()
+
+
+def test_existing_person_ids_batched(engine: Any) -> None:
+    """The run ledger's "still there?" question: one call for many ids, on both engines."""
+    vecs = _unit(np.random.default_rng(7), 3)
+    engine.upsert_persons("c", [_person(f"p{i}", vecs[i : i + 1]) for i in range(3)])
+    ids = [f"p{i}" for i in range(1200)]  # more than one SQLite chunk of 500
+    assert engine.existing_person_ids("c", ids) == {"p0", "p1", "p2"}
+    assert engine.existing_person_ids("c", []) == set()
+    engine.delete_person("c", "p1")
+    assert engine.existing_person_ids("c", ["p1", "p2", "p2"]) == {"p2"}
+    with pytest.raises(CollectionNotFound):
+        engine.existing_person_ids("nope", ["p0"])

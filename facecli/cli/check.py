@@ -11,7 +11,7 @@ from facecli.cli.console import RichProgress, print_json, summary_tables
 from facecli.config import Settings
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import run_check
-from facecli.pipeline.report import open_report
+from facecli.pipeline.report import RunSummary, check_report_path, open_report
 
 HELP = """Check photos without sending anything: decode, detect, the exactly-one-usable-face gate, embed.
 
@@ -53,27 +53,31 @@ def check(
     no_journal: bool = common.NoJournalOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
-    settings = Settings(
-        {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device, "journal": journal,
-         "multi_face": multi_face},
-        config_path=config,
-    )
-    limit = common.parse_max_failures(max_failures)
-    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
-                                 duplicate_budget, review_budget, duplicate_min_score)
-    cfg = common.build_check_config(settings, threshold, max_megapixels)
-    discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
-    checker = FaceChecker.open(cfg)
-    writer = open_report(report) if report else None
-    progress = RichProgress(enabled=not (quiet or json_out))
-    ledger = common.open_journal(settings, no_journal)
-    try:
-        with common.GracefulStop() as stop:
-            result = run_check(discovery, checker, report=writer, progress=progress, policy=policy,
-                               journal=ledger, stop=stop.event, fail_fast=fail_fast)
-    finally:
-        if ledger:
-            ledger.close()
+    summary = RunSummary(command="check")
+    with common.json_summary_on_fatal(json_out, summary):
+        settings = Settings(
+            {"preset": preset, "models_dir": models_dir, "threads": threads, "device": device, "journal": journal,
+             "multi_face": multi_face},
+            config_path=config,
+        )
+        limit = common.parse_max_failures(max_failures)
+        if report:
+            check_report_path(report)  # before any work: a bad path is exit 2, not a traceback at the end
+        policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
+                                     duplicate_budget, review_budget, duplicate_min_score)
+        cfg = common.build_check_config(settings, threshold, max_megapixels)
+        discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
+        checker = FaceChecker.open(cfg)
+        writer = open_report(report) if report else None
+        progress = RichProgress(enabled=not (quiet or json_out))
+        ledger = common.open_journal(settings, no_journal)
+        try:
+            with common.GracefulStop() as stop:
+                result = run_check(discovery, checker, report=writer, progress=progress, policy=policy,
+                                   summary=summary, journal=ledger, stop=stop.event, fail_fast=fail_fast)
+        finally:
+            if ledger:
+                ledger.close()
     if json_out:
         print_json(result.summary.to_json())
     elif not quiet:

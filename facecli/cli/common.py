@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,24 @@ def fatal_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@contextmanager
+def json_summary_on_fatal(enabled: bool, summary: Any, **extra: Any) -> Iterator[None]:
+    """With --json, a fatal error still prints the one summary object (with ``error`` and
+    ``exit_code``) before `fatal_errors` prints the message and exits: scripts always get JSON."""
+    try:
+        yield
+    except FacecliError as exc:
+        if enabled:
+            from facecli.cli.console import print_json
+
+            if not summary.duration_s:
+                summary.finish()
+            print_json(summary.to_json() | extra | {"error": exc.message, "exit_code": int(exc.exit_code)})
+        raise
+
+
 # Reusable option declarations, so every command spells them the same way.
-ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): JSON Lines, or CSV when FILE ends in .csv.", dir_okay=False, writable=True)
+ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): FILE.jsonl (or .json) JSON Lines, .csv CSV, .xml JUnit XML; checked before any work.", dir_okay=False, writable=True)
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary object on stdout instead of tables.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (exit code and --report only).")
 PresetOpt = typer.Option(None, "--preset", help="Apply a target's documented image requirements: default, opencv-fr, opencv-fr-liveness, opencv-fr-cloud, verifik, persona, aws-rekognition, azure-face (a seed-API target applies its own when none is given).")
@@ -160,9 +177,34 @@ CollectionOpt = typer.Option(None, "--collection", "-c", help="Collection name (
 
 
 def target_settings(settings: Settings) -> tuple[str, str | None, str]:
-    """(target, db, collection) after flags > env > config > defaults."""
-    target = settings.get("to") or settings.get("server") or "local"
-    return str(target), settings.get("db"), str(settings.get("collection") or "default")
+    """(target, db, collection) after flags > env > config > defaults.
+
+    The target and the database are one choice made at the highest level that speaks:
+    ``--to sqlite:///x.db`` (or ``postgresql://``) wins over FACECLI_DB or a config ``db``;
+    ``--db x.db`` wins over FACECLI_TARGET or a config ``to``. Only two at the same level
+    (both flags, say) conflict, and the factory says so."""
+    return (*resolve_target(settings), str(settings.get("collection") or "default"))
+
+
+def resolve_target(settings: Settings) -> tuple[str, str | None]:
+    """(target, db) by the one precedence: see :func:`target_settings`."""
+    from facecli.sinks.factory import names_database
+
+    def level(name: str) -> int:
+        lv = settings.level(name)
+        return 9 if lv is None else lv
+
+    to_key = min(("to", "server"), key=level)  # FACECLI_SERVER beats a config file's `to`
+    target = settings.get(to_key) if level(to_key) < 9 else None
+    db = settings.get("db")
+    if target is None:
+        return "local", db
+    if db is not None and level("db") != level(to_key):
+        if level(to_key) < level("db") and (names_database(str(target)) or str(target) != "local"):
+            db = None  # a stronger --to names its own database (or is remote): a weaker db does not apply
+        elif level("db") < level(to_key) and names_database(str(target)):
+            target = "local"  # a stronger --db picks the database a weaker `to` named
+    return str(target), db
 
 
 JournalOpt = typer.Option(None, "--journal", help="Run ledger file (default $FACECLI_JOURNAL or the user data dir).", dir_okay=False)
@@ -195,13 +237,14 @@ def parse_max_failures(value: str | None) -> tuple[float, bool] | None:
 
 
 def exit_code_for(summary, max_failures: tuple[float, bool] | None) -> ExitCode:
-    """0 fine; 1 problems (over --max-failures when given); 130 interrupted (resumable)."""
+    """0 fine (or nothing to do: an empty source, nothing to retry); 1 problems (over
+    --max-failures when given); 130 interrupted (resumable)."""
     if summary.interrupted:
         return ExitCode.INTERRUPTED
     total = sum(summary.images.values())
     problems = summary.problems
     if not total:
-        return ExitCode.ITEMS
+        return ExitCode.OK if summary.nothing_to_do else ExitCode.ITEMS
     if max_failures is None:
         return ExitCode.ITEMS if problems else ExitCode.OK
     n, pct = max_failures

@@ -91,7 +91,11 @@ def quiet_dup_note(summary: RunSummary) -> bool:
 
 def summary_tables(summary: RunSummary, items: list[ItemResult], show: int,
                    persons: list[PersonResult] | None = None) -> None:
-    """Counts per status and per reason, then the first ``show`` problem items."""
+    """Counts per status and per reason, then the first ``show`` problem items; one line when
+    the run had nothing to do."""
+    if summary.nothing_to_do:
+        out.print(f"{summary.command}: {escape(summary.nothing_to_do)}")
+        return
     t = Table(title=f"{summary.command}: {summary.run_id}", title_justify="left")
     t.add_column("status")
     t.add_column("images", justify="right")
@@ -155,6 +159,9 @@ def summary_tables(summary: RunSummary, items: list[ItemResult], show: int,
                   f"{dc['comparisons_per_face']:,} comparisons per face"
                   f"{' (score model ' + dc['score_model'] + ')' if dc.get('score_model') else ' (fixed)'}; "
                   f"target {escape(dc['target'])}[/]")
+    if summary.ledger.get("note"):
+        style = "yellow" if summary.ledger.get("checked_at_target") is False else "dim"
+        out.print(f"[{style}]ledger: {escape(summary.ledger['note'])}[/]")
     if summary.ignored_files:
         out.print(f"[dim]{summary.ignored_files} file(s) ignored (not image files, or symbolic links); not checked[/]")
     out.print(f"[dim]{summary.duration_s:.1f} s[/]")

@@ -10,10 +10,11 @@ import typer
 from facecli.cli import common
 from facecli.cli.console import RichProgress, err, print_json, summary_tables
 from facecli.config import Settings
+from facecli.engine.pg import mask_url
 from facecli.imaging.encode import PayloadSpec
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import EnrollOptions, run_enroll
-from facecli.pipeline.report import RunSummary, open_report
+from facecli.pipeline.report import RunSummary, check_report_path, open_report
 from facecli.sinks.base import FACE_STORAGE_TYPES
 from facecli.sinks.factory import open_sink
 
@@ -73,50 +74,56 @@ def enroll(
     no_journal: bool = common.NoJournalOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
-    settings = Settings({"preset": preset, "models_dir": models_dir, "threads": threads, "device": device,
-                         "to": to, "db": db, "collection": collection, "journal": journal,
-                         "multi_face": multi_face}, config_path=config)
-    limit = common.parse_max_failures(max_failures)
-    if retry_failed and no_journal:
-        raise common.ConfigError("--retry-failed needs the run ledger; drop --no-journal")
-    if face_storage_type not in FACE_STORAGE_TYPES:
-        raise common.ConfigError(f"--face-storage-type must be one of {', '.join(FACE_STORAGE_TYPES)}")
-    target, db_path, coll = common.target_settings(settings)
-    policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
-                                 duplicate_budget, review_budget, duplicate_min_score)
-    discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
-    ledger = None
-    payload_spec = common.payload_spec(payload, max_image_bytes)
-    sink = open_sink(target, db_path, writer=not dry_run, wait=not no_wait, face_storage_type=face_storage_type,
-                     on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"),
-                     **common.remote_options(settings, api_key=api_key, insecure=insecure, concurrency=concurrency,
-                                             max_batch_bytes=max_batch_bytes, timeout=timeout, retries=retries,
-                                             batch_size=batch_size))
-    cap = getattr(sink, "max_faces_per_person", None)  # the OpenCV FR API takes one face per person
-    if cap and not 0 < policy.max_images_per_person <= cap:
-        policy = replace(policy, max_images_per_person=cap)
-    if getattr(sink, "preset", None) and not settings.get("preset"):  # the target's documented limits
-        settings.flags["preset"] = sink.preset
-    fan = int(getattr(sink, "concurrency", 1) or 1)  # a remote sink sends each batch as `fan` concurrent requests
-    try:
-        cfg = common.build_check_config(settings, threshold, max_megapixels)
-        if face_storage_type == "StoreThumbnails" or getattr(sink, "takes_images", False):
-            cfg.payload = payload_spec if getattr(sink, "takes_images", False) else PayloadSpec(kind="thumbnail")
-        checker = FaceChecker.open(cfg)
-        writer = open_report(report) if report else None
-        progress = RichProgress(enabled=not (quiet or json_out), label="checking")
-        summary = RunSummary(command="enroll", target=getattr(sink, "target", target), collection=coll)
-        options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size * fan,
-                                max_batch_bytes=(max_batch_bytes or EnrollOptions.max_batch_bytes) * fan,
-                                dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast)
-        ledger = None if dry_run else common.open_journal(settings, no_journal)
-        with common.GracefulStop() as stop:
-            result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
-                                summary=summary, journal=ledger, stop=stop.event)
-    finally:
-        sink.close()
-        if ledger:
-            ledger.close()
+    summary = RunSummary(command="enroll", collection=collection)
+    with common.json_summary_on_fatal(json_out, summary, dry_run=dry_run):
+        settings = Settings({"preset": preset, "models_dir": models_dir, "threads": threads, "device": device,
+                             "to": to, "db": db, "collection": collection, "journal": journal,
+                             "multi_face": multi_face}, config_path=config)
+        limit = common.parse_max_failures(max_failures)
+        if report:
+            check_report_path(report)  # before any work: a bad path is exit 2, not a traceback at the end
+        if retry_failed and no_journal:
+            raise common.ConfigError("--retry-failed needs the run ledger; drop --no-journal")
+        if face_storage_type not in FACE_STORAGE_TYPES:
+            raise common.ConfigError(f"--face-storage-type must be one of {', '.join(FACE_STORAGE_TYPES)}")
+        target, db_path, coll = common.target_settings(settings)
+        summary.target, summary.collection = mask_url(target), coll
+        policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
+                                     duplicate_budget, review_budget, duplicate_min_score)
+        discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
+        ledger = None
+        payload_spec = common.payload_spec(payload, max_image_bytes)
+        sink = open_sink(target, db_path, writer=not dry_run, create=True, wait=not no_wait,
+                         face_storage_type=face_storage_type,
+                         on_wait=lambda msg: err.print(f"[yellow]{msg}[/]"),
+                         **common.remote_options(settings, api_key=api_key, insecure=insecure, concurrency=concurrency,
+                                                 max_batch_bytes=max_batch_bytes, timeout=timeout, retries=retries,
+                                                 batch_size=batch_size))
+        summary.target = getattr(sink, "target", summary.target)
+        cap = getattr(sink, "max_faces_per_person", None)  # the OpenCV FR API takes one face per person
+        if cap and not 0 < policy.max_images_per_person <= cap:
+            policy = replace(policy, max_images_per_person=cap)
+        if getattr(sink, "preset", None) and not settings.get("preset"):  # the target's documented limits
+            settings.flags["preset"] = sink.preset
+        fan = int(getattr(sink, "concurrency", 1) or 1)  # a remote sink sends each batch as `fan` concurrent requests
+        try:
+            cfg = common.build_check_config(settings, threshold, max_megapixels)
+            if face_storage_type == "StoreThumbnails" or getattr(sink, "takes_images", False):
+                cfg.payload = payload_spec if getattr(sink, "takes_images", False) else PayloadSpec(kind="thumbnail")
+            checker = FaceChecker.open(cfg)
+            writer = open_report(report) if report else None
+            progress = RichProgress(enabled=not (quiet or json_out), label="checking")
+            options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size * fan,
+                                    max_batch_bytes=(max_batch_bytes or EnrollOptions.max_batch_bytes) * fan,
+                                    dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast)
+            ledger = None if dry_run else common.open_journal(settings, no_journal)
+            with common.GracefulStop() as stop:
+                result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
+                                    summary=summary, journal=ledger, stop=stop.event)
+        finally:
+            sink.close()
+            if ledger:
+                ledger.close()
     if json_out:
         print_json(result.summary.to_json() | {"dry_run": dry_run})
     elif not quiet:

@@ -12,7 +12,7 @@ from rich.table import Table
 from facecli.cli import common
 from facecli.cli.console import err, out, print_json
 from facecli.config import Settings
-from facecli.errors import ExitCode
+from facecli.errors import ExitCode, TargetError
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.scale import search_decision
 from facecli.pipeline.search import search_image
@@ -58,7 +58,11 @@ def search(
     sink = open_sink(target, db_path, **common.remote_options(settings, api_key=api_key, insecure=insecure,
                                                               timeout=timeout, retries=retries))
     try:
-        sink.ensure_collection(coll, create=False)
+        try:
+            sink.ensure_collection(coll, create=False)
+        except TargetError as exc:
+            exc.hint = "see `facecli collections list`; `facecli enroll PATH -c NAME --create-collection` creates one"
+            raise
         checker = FaceChecker.open(common.build_check_config(settings, None, None))
         decision = search_decision(sink, coll, checker, min_score, max_false_match)
         result = search_image(image, checker, sink, coll, k=k, all_faces=all_faces, decision=decision)

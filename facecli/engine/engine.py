@@ -731,6 +731,21 @@ class Engine:
             ).fetchone()
         return None if row is None else self._person_info(row)
 
+    def existing_person_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
+        """Which of ``person_ids`` the collection holds: one query per 500 ids (a resumed run
+        confirms thousands of "already enrolled" persons this way). A missing collection raises
+        :class:`CollectionNotFound`."""
+        ids = list(dict.fromkeys(person_ids))
+        found: set[str] = set()
+        with self._read() as conn:
+            cid, _, _ = self._collection_row(conn, collection)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                found.update(r[0] for r in conn.execute(
+                    "SELECT person_id FROM persons WHERE collection_id = ? AND person_id IN ("
+                    + ",".join("?" * len(chunk)) + ")", (cid, *chunk)))
+        return found
+
     def delete_person(self, collection: str, person_id: str) -> None:
         """Delete a person and its faces; raises :class:`PersonNotFound` (maps to a 404)."""
         now = time.time()

@@ -961,6 +961,18 @@ class PgEngine:
             ).fetchone()
         return None if row is None else self._person_info(row)
 
+    @_reads
+    def existing_person_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
+        """Which of ``person_ids`` the collection holds, in one query (``= ANY``)."""
+        ids = list(dict.fromkeys(person_ids))
+        with self._tx(read_only=True) as conn:
+            coll = self._coll(conn, collection)
+            if not ids:
+                return set()
+            rows = conn.execute("SELECT person_id FROM persons WHERE collection_id = %s AND person_id = ANY(%s)",
+                                (coll.id, ids)).fetchall()
+        return {r[0] for r in rows}
+
     @_db_errors
     def delete_person(self, collection: str, person_id: str) -> None:
         """Delete a person and its faces; raises :class:`PersonNotFound`."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from facecli.errors import ReasonCode, Status, status_for
+from facecli.errors import FacecliError, ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
 from facecli.pipeline.journal import Journal, check_config_key, person_content_hash
 from facecli.pipeline.persons import DuplicateMatch, DuplicateRule, GalleryContext, PersonPolicy, apply_person_checks
@@ -201,16 +201,44 @@ def record(
                 report.write_person(cp.result)
 
 
+def _nothing_to_do(summary: RunSummary, discovery: Discovery, retry_failed: bool = False) -> str:
+    """Why a run that touched no image had nothing to do (empty when it did something)."""
+    if sum(summary.images.values()) or summary.interrupted:
+        return ""
+    if retry_failed and discovery.persons:
+        return "nothing to retry: no person of this source failed at this target and collection on its last attempt"
+    ignored = f" ({summary.ignored_files} file(s) ignored: not image files, or symbolic links)" \
+        if summary.ignored_files else ""
+    return f"nothing to do: the source holds no photos{ignored}"
+
+
 def _finish(summary: RunSummary, report: ReportWriter | None, progress: Progress | None,
-            journal: Journal | None, stop: threading.Event | None) -> None:
+            journal: Journal | None, stop: threading.Event | None, discovery: Discovery | None = None,
+            retry_failed: bool = False, error: BaseException | None = None) -> None:
     summary.finish()
-    summary.interrupted = bool(stop is not None and stop.is_set())
+    summary.interrupted = bool(stop is not None and stop.is_set()) or isinstance(error, KeyboardInterrupt)
+    if discovery is not None:
+        summary.nothing_to_do = _nothing_to_do(summary, discovery, retry_failed)
     if report:
         report.close(summary)
     if progress:
         progress.close()
     if journal:
-        journal.finish_run(summary, "interrupted" if summary.interrupted else "done")
+        if summary.interrupted:
+            journal.finish_run(summary, "interrupted")
+        elif error is not None:
+            text = error.message if isinstance(error, FacecliError) else f"{type(error).__name__}: {error}"
+            journal.finish_run(summary, "failed", text)
+        else:
+            journal.finish_run(summary, "done")
+
+
+def _counts(persons: list[CheckedPerson], skipped: int = 0) -> dict[str, int]:
+    """Counts so far, for the ledger's ``runs`` row while the run goes."""
+    states = [str(cp.result.status) for cp in persons if cp.result]
+    return {"images_checked": sum(len(cp.items) for cp in persons), "persons_checked": len(states),
+            "persons_enrolled": states.count("enrolled"), "persons_failed": states.count("failed"),
+            "persons_rejected": states.count("rejected"), "persons_unchanged": skipped}
 
 
 def _result(summary: RunSummary, persons: list[CheckedPerson], problems: list[ItemResult]) -> RunResult:
@@ -247,11 +275,15 @@ def run_check(
     summary.duplicate_check = describe_duplicate_check(rule, gallery, discovery.image_count)
     persons: list[CheckedPerson] = []
     problems: list[ItemResult] = []
+    error: BaseException | None = None
     try:
         persons, problems = check_persons(discovery, checker, policy, progress, cache, stop, fail_fast, rule, gallery)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         record(persons, problems, summary, report)
-        _finish(summary, report, progress, journal, stop)
+        _finish(summary, report, progress, journal, stop, discovery, error=error)
     return _result(summary, persons, problems)
 
 
@@ -338,6 +370,28 @@ def _skipped(spec: PersonSpec, message: str) -> CheckedPerson:
     return cp
 
 
+def still_held(sink: Sink, collection: str, person_ids: list[str], summary: RunSummary) -> set[str]:
+    """Of the persons the ledger says are confirmed with the same content, those the target still
+    holds: one batched question (``held_ids``), so a deleted database, person or re-created
+    collection is re-sent instead of being reported "already enrolled". A target that cannot tell
+    keeps the ledger's word, and the summary says it was not checked."""
+    if not person_ids:
+        return set()
+    ask = getattr(sink, "held_ids", None)
+    held = ask(collection, person_ids) if ask is not None else None
+    if held is None:
+        summary.ledger = {"unchanged": len(person_ids), "checked_at_target": False, "missing_at_target": 0,
+                          "note": f"{len(person_ids)} person(s) skipped as UNCHANGED on the run ledger's word: "
+                                  "this target cannot say which persons it holds (--force re-sends them)"}
+        return set(person_ids)
+    missing = [pid for pid in person_ids if pid not in held]
+    summary.ledger = {"unchanged": len(person_ids) - len(missing), "checked_at_target": True,
+                      "missing_at_target": len(missing),
+                      "note": f"{len(missing)} person(s) the ledger had as enrolled are no longer at the target: "
+                              "re-sent" if missing else ""}
+    return set(person_ids) - set(missing)
+
+
 def run_enroll(
     discovery: Discovery,
     checker: FaceChecker,
@@ -371,6 +425,7 @@ def run_enroll(
     problems: list[ItemResult] = []
     skipped: list[CheckedPerson] = []
     hashes: dict[str, str] = {}
+    error: BaseException | None = None
     try:
         exists = getattr(sink, "existing_ids", None) if options.dry_run else None
         if not options.dry_run:
@@ -380,13 +435,19 @@ def run_enroll(
             opts_key = {"check": check_config_key(checker), "policy": policy,
                         "storage": getattr(sink, "face_storage_type", None)}
             retry_only = journal.failed_persons(target, coll) if options.retry_failed else None
-            keep = []
+            specs, confirmed = [], []
             for spec in discovery.persons:
                 if retry_only is not None and spec.person_id not in retry_only:
                     continue
                 h = person_content_hash(spec, [journal.file_sha256(Path(p)) for p in spec.images], opts_key)
                 hashes[spec.person_id] = h
+                specs.append(spec)
                 if not options.force and journal.person_state(target, coll, spec.person_id) == ("confirmed", h):
+                    confirmed.append(spec.person_id)
+            unchanged = still_held(sink, coll, confirmed, summary)
+            keep = []
+            for spec in specs:
+                if spec.person_id in unchanged:
                     skipped.append(_skipped(spec, "already enrolled with the same content"))
                 else:
                     keep.append(spec)
@@ -397,6 +458,8 @@ def run_enroll(
         summary.duplicate_check = describe_duplicate_check(rule, gallery, todo.image_count)
         persons, problems = check_persons(todo, checker, policy, progress, cache, stop, options.fail_fast,
                                           rule, gallery)
+        if journal:
+            journal.run_progress(summary.run_id, _counts(persons, len(skipped)))
         ready = [(cp, person_payload(cp)) for cp in persons if cp.result and cp.result.status == Status.ACCEPTED]
         progress.start_sending(len(ready))
         if options.dry_run:
@@ -420,6 +483,8 @@ def run_enroll(
                     (cp.spec.person_id, hashes.get(cp.spec.person_id, ""),
                      "confirmed" if cp.result.status == Status.ENROLLED else "failed",
                      cp.result.reasons[-1] if cp.result.reasons else None, cp.result.message) for cp, _ in batch])
+            if journal:
+                journal.run_progress(summary.run_id, _counts(persons, len(skipped)))
             progress.sent(len(batch))
             if options.fail_fast and any(cp.result.status != Status.ENROLLED for cp, _ in batch):
                 break
@@ -429,9 +494,12 @@ def run_enroll(
             if cp.result.status == Status.ACCEPTED:  # interrupted before its batch went out
                 cp.result.status = Status.SKIPPED
                 cp.result.message = "not sent: the run stopped first; re-run to resume"
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         summary.retries = int(getattr(sink, "retries", 0) or 0)  # remote sinks count their HTTP retries
         persons = skipped + persons
         record(persons, problems, summary, report)
-        _finish(summary, report, progress, journal, stop)
+        _finish(summary, report, progress, journal, stop, discovery, options.retry_failed, error)
     return _result(summary, persons, problems)

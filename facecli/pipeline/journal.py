@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from facecli.errors import ConfigError, ReasonCode, Status
+from facecli.errors import ConfigError, ReasonCode, Status, TargetError
 from facecli.pipeline.check import CheckConfig, FaceChecker, ImageCheck
 from facecli.pipeline.report import ItemResult, PersonResult, RunSummary
 from facecli.sources.spec import PersonSpec
@@ -66,6 +67,32 @@ CREATE TABLE IF NOT EXISTS items (
 
 def default_journal_path() -> Path:
     return Path(platformdirs.user_data_dir("facecli")) / "journal.db"
+
+
+def _alive(pid: int | None) -> bool:
+    """Is a process with this id running here? (Unknown pids count as alive: never reap blindly.)"""
+    if not pid:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def resolve_journal_path(path: str | Path | None = None) -> Path:
+    """``path``, else $FACECLI_JOURNAL, else the user data dir's journal.db."""
+    return Path(path or os.environ.get(JOURNAL_ENV) or default_journal_path()).expanduser()
+
+
+class NoJournal(TargetError):
+    """A reader asked for a ledger that does not exist (nothing was created)."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,14 +145,20 @@ def _face_from(d: dict | None) -> Face | None:
 class Journal:
     """Thread-safe ledger on one SQLite connection (the pipeline writes from one thread at a time)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path or os.environ.get(JOURNAL_ENV) or default_journal_path()).expanduser()
+    def __init__(self, path: str | Path | None = None, create: bool = True) -> None:
+        """Open the ledger; ``create=False`` (readers: `facecli runs`) raises :class:`NoJournal`
+        instead of creating a missing file."""
+        self.path = resolve_journal_path(path)
+        if not create and not self.path.is_file():
+            raise NoJournal(f"no run ledger at {self.path}: no run has been recorded there",
+                            hint="check --journal / FACECLI_JOURNAL")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot open the run journal {self.path}: {exc}",
                               hint="use --journal PATH (or FACECLI_JOURNAL) to put it elsewhere") from None
@@ -152,26 +185,56 @@ class Journal:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def start_run(self, summary: RunSummary, args: dict[str, Any]) -> None:
-        self._tx("INSERT INTO runs (run_id, command, target, collection, started, status, args) VALUES (?,?,?,?,?,?,?)",
-                 (summary.run_id, summary.command, summary.target, summary.collection, time.time(), "running",
-                  json.dumps(args, default=_jsonable)))
+    def _migrate(self) -> None:
+        """Columns added after the first release: the run's process, its error, counts so far."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for col, kind in (("pid", "INTEGER"), ("host", "TEXT"), ("error", "TEXT"), ("progress", "TEXT")):
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
 
-    def finish_run(self, summary: RunSummary, status: str) -> None:
+    def start_run(self, summary: RunSummary, args: dict[str, Any]) -> None:
+        self.reap()
+        self._tx("INSERT INTO runs (run_id, command, target, collection, started, status, args, pid, host) "
+                 "VALUES (?,?,?,?,?,?,?,?,?)",
+                 (summary.run_id, summary.command, summary.target, summary.collection, time.time(), "running",
+                  json.dumps(args, default=_jsonable), os.getpid(), socket.gethostname()))
+
+    def run_progress(self, run_id: str, counts: dict[str, int]) -> None:
+        """Counts so far, written as the run goes (after the checks, after each batch)."""
+        self._tx("UPDATE runs SET progress=? WHERE run_id=?", (json.dumps(counts), run_id))
+
+    def finish_run(self, summary: RunSummary, status: str, error: str | None = None) -> None:
+        """status: ``done``, ``failed`` (with ``error``) or ``interrupted``."""
         with self._mu:
             self._flush_checks()
-        self._tx("UPDATE runs SET finished=?, status=?, summary=? WHERE run_id=?",
-                 (time.time(), status, json.dumps(summary.to_json()), summary.run_id))
+        self._tx("UPDATE runs SET finished=?, status=?, summary=?, error=? WHERE run_id=?",
+                 (time.time(), status, json.dumps(summary.to_json()), error, summary.run_id))
+
+    def reap(self) -> int:
+        """Mark ``abandoned`` the runs still ``running`` whose process (on this host) is gone:
+        killed with SIGKILL, or the machine went down. Returns how many."""
+        host = socket.gethostname()
+        gone = [r[0] for r in self.conn.execute(
+            "SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
+            if not _alive(r[1])]
+        if gone:
+            self._tx("UPDATE runs SET status='abandoned', error=? WHERE run_id=? AND status='running'",
+                     [("the process ended without finishing the run (killed, or the machine stopped); "
+                       "run the same command again to resume", rid) for rid in gone])
+        return len(gone)
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        self.reap()
         rows = self.conn.execute(
-            "SELECT run_id, command, target, collection, started, finished, status, summary FROM runs "
-            "ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
-        keys = ("run_id", "command", "target", "collection", "started", "finished", "status", "summary")
+            "SELECT run_id, command, target, collection, started, finished, status, summary, error, progress, pid "
+            "FROM runs ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("run_id", "command", "target", "collection", "started", "finished", "status", "summary", "error",
+                "progress", "pid")
         out = []
         for r in rows:
             d = dict(zip(keys, r))
             d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+            d["progress"] = json.loads(d["progress"]) if d["progress"] else None
             out.append(d)
         return out
 

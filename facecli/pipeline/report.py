@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from facecli.errors import ReasonCode, Status
+from facecli.errors import ConfigError, ReasonCode, Status
 from facecli.pipeline.check import ImageCheck
 
 
@@ -108,6 +109,10 @@ class RunSummary:
     #: How the duplicate decisions were made: score model, levels, whether the target was asked.
     duplicate_check: dict[str, Any] = field(default_factory=dict)
     warnings: Counter = field(default_factory=Counter)
+    #: The run ledger's "already enrolled" skips: how many, and whether the target confirmed them.
+    ledger: dict[str, Any] = field(default_factory=dict)
+    #: Set when the run found nothing to do (an empty source, nothing to retry): why, in words.
+    nothing_to_do: str = ""
     _run_pairs: set = field(default_factory=set, repr=False)
 
     def add_item(self, item: ItemResult) -> None:
@@ -155,6 +160,8 @@ class RunSummary:
             "duration_s": round(self.duration_s, 3),
             "retries": self.retries,
             "interrupted": self.interrupted,
+            "ledger": self.ledger,
+            "nothing_to_do": self.nothing_to_do,
         }
 
 
@@ -280,12 +287,39 @@ class MultiReport:
             w.close(summary)
 
 
-def open_report(path: str | Path) -> ReportWriter:
-    """A writer chosen by file name: ``.csv`` CSV, ``.xml`` JUnit XML, anything else JSON Lines."""
+#: Report formats by file extension (``.json`` is JSON Lines too: one object per line).
+REPORT_FORMATS = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".xml": "JUnit XML"}
+
+
+def check_report_path(path: str | Path) -> Path:
+    """Refuse a report path before any work is done: an unknown extension, or a place that
+    cannot be written (ConfigError, exit 2). Creates the parent folder; leaves no file behind."""
     p = Path(path)
-    if p.parent and not p.parent.exists():
+    if p.suffix.lower() not in REPORT_FORMATS:
+        raise ConfigError(f"--report {p}: unknown report format {p.suffix or '(no extension)'!r}",
+                          hint="name the file .jsonl (or .json) for JSON Lines, .csv for CSV, .xml for JUnit XML")
+    if p.is_dir():
+        raise ConfigError(f"--report {p} is a folder")
+    existed = p.exists()
+    try:
         p.parent.mkdir(parents=True, exist_ok=True)
-    fh = io.open(p, "w", encoding="utf-8", newline="")
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    except OSError as exc:
+        raise ConfigError(f"--report {p} cannot be written: {exc.strerror or exc}",
+                          hint="choose a writable folder") from None
+    if not existed:
+        p.unlink(missing_ok=True)
+    return p
+
+
+def open_report(path: str | Path) -> ReportWriter:
+    """A writer chosen by file name: ``.csv`` CSV, ``.xml`` JUnit XML, ``.jsonl``/``.json`` JSON
+    Lines; any other extension, or a path that cannot be written, is a ConfigError."""
+    p = check_report_path(path)
+    try:
+        fh = io.open(p, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"--report {p} cannot be written: {exc.strerror or exc}") from None
     if p.suffix.lower() == ".csv":
         return CsvReport(fh)
     if p.suffix.lower() == ".xml":

@@ -78,6 +78,9 @@ class Sink(Protocol):
     def upsert(self, collection: str, persons: Sequence[PersonPayload]) -> list[ItemOutcome]: ...
     def search(self, collection: str, probe: SearchProbe, k: int, min_score: float) -> list[Match]: ...
     def close(self) -> None: ...
+    # Optional: ``held_ids(collection, ids) -> set[str] | None`` says which ids the collection
+    # holds (None: this target cannot tell). The run ledger asks it, in one batch, before it skips
+    # persons as UNCHANGED; a sink without it gets "could not be checked" in the summary.
 
 
 @dataclass

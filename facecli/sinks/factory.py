@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from facecli.errors import ConfigError
+from facecli.errors import ConfigError, TargetError
 from facecli.engine.pg import is_postgres_url, mask_url
 from facecli.sinks.local import DB_ENV, LocalSink, PgSink, default_db_path
 
@@ -30,6 +30,11 @@ def _url(value: str | Path | None) -> str | None:
     if isinstance(value, Path) and re.match(r"(?i)postgres(ql)?:/[^/]", text):
         text = text.replace(":/", "://", 1)
     return text if is_postgres_url(text) else None
+
+
+def names_database(target: str) -> bool:
+    """A target that names its own database (``sqlite:///PATH``, ``postgresql://...``)."""
+    return target.startswith("sqlite:///") or is_postgres_url(target)
 
 
 def resolve_pg_url(target: str | None, db: str | Path | None) -> str | None:
@@ -61,12 +66,18 @@ def resolve_db_path(target: str | None, db: str | Path | None) -> Path | None:
 
 def open_sink(target: str | None, db: str | Path | None = None, writer: bool = False, wait: bool = True,
               face_storage_type: str = "NoStorage", on_wait: Callable[[str], None] | None = None,
-              **remote: Any):
+              create: bool | None = None, **remote: Any):
+    """The Sink a target means. ``create`` (default: ``writer``): may a missing SQLite file be
+    created? Readers (search, listings) get a TargetError instead of a new empty database."""
     url = resolve_pg_url(target, db)
     if url is not None:
         return PgSink(url, writer=writer, wait=wait, face_storage_type=face_storage_type, on_wait=on_wait)
     path = resolve_db_path(target, db)
     if path is not None:
+        if not (writer if create is None else create) and not path.exists():
+            raise TargetError(f"no database at {path}: nothing is enrolled there",
+                              hint="check --db / --to / FACECLI_DB; `facecli enroll PATH --create-collection` "
+                                   "creates one")
         return LocalSink(path, writer=writer, wait=wait, face_storage_type=face_storage_type, on_wait=on_wait)
     if target and target.lower().startswith(("http://", "https://")):
         from facecli.sinks.opencv_fr import OpenCVFRSink

@@ -186,11 +186,18 @@ class LocalSink:
     # -- Gallery ---------------------------------------------------------------------------------
 
     def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
-        """For --dry-run: which of these ids are already in the collection."""
+        """Which of these ids the collection holds (batched: one query per 500 ids); none when
+        the collection is absent. --dry-run and the ledger's "already enrolled" check use it."""
         try:
-            return {pid for pid in person_ids if self.engine.get_person(collection, pid) is not None}
+            return self.engine.existing_person_ids(collection, person_ids)
         except eng.CollectionNotFound:
             return set()
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def held_ids(self, collection: str, person_ids: Sequence[str]) -> set[str] | None:
+        """The ids the collection holds (the run ledger asks before skipping UNCHANGED persons)."""
+        return self.existing_ids(collection, person_ids)
 
     def list_collections(self, limit: int | None, offset: int) -> tuple[int, list[CollectionRow]]:
         try:

@@ -405,14 +405,19 @@ class OpenCVFRSink(RemoteClient):
         raise ConfigError("the OpenCV FR Server API has no endpoint to delete one person",
                           hint="re-enroll the person, or delete and rebuild the collection")
 
-    def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
-        """For --dry-run: the ids the collection already holds (empty when listing is unavailable)."""
+    def held_ids(self, collection: str, person_ids: Sequence[str]) -> set[str] | None:
+        """The ids the collection holds (one paged listing), or None when this server cannot list
+        persons (an OpenCV FR Server: listing is a `facecli serve` extension)."""
         try:
             _, rows = self.list_persons(collection, None, 0)
         except TargetError:
-            return set()
+            return None
         have = {r.person_id for r in rows}
         return {pid for pid in person_ids if pid in have}
+
+    def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
+        """For --dry-run: the ids the collection already holds (empty when listing is unavailable)."""
+        return self.held_ids(collection, person_ids) or set()
 
 
 def _json(resp: httpx.Response) -> Any:

@@ -197,3 +197,21 @@ def test_sigkill_mid_enroll_leaves_whole_batches(tmp_path):
     assert n % 4 == 0 and n < 61  # whole batches only, and it really was killed mid-run
     with Engine(db) as e:
         assert e.counts("default")[0] == n
+
+
+@needs_models
+def test_dry_run_fails_where_the_real_run_would_and_counts_what_it_would_do(tmp_path):
+    db = tmp_path / "g.db"
+    invoke("enroll", SAMPLES / "grace_hopper.jpg", "--db", db, "-c", "other", "--create-collection", "-q")
+    res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--json")  # collection "default" is missing
+    assert res.exit_code == 3, res.output
+    assert json.loads(res.stdout)["exit_code"] == 3
+    res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--create-collection", "--json")
+    s = json.loads(res.stdout)
+    assert s["would"] == {"create": 2, "update": 0, "rejected": s["persons"]["rejected"],
+                          "failed": s["persons"]["failed"]}
+    with Engine(db) as e:
+        assert [c.name for c in e.list_collections()[1]] == ["other"], "a dry run created the collection"
+    assert invoke("enroll", SAMPLES, "--db", db, "--create-collection", "-q").exit_code == 1
+    res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--no-journal")
+    assert "would create 0, update 2 person(s)" in res.stderr

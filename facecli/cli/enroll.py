@@ -129,7 +129,10 @@ def enroll(
     elif not quiet:
         summary_tables(result.summary, result.items, show, result.persons)
         if dry_run:
-            err.print("[yellow]dry run: nothing was written[/]")
+            w = result.summary.would
+            counts = (f"would create {w['create']}, update {w['update']} person(s); {w['rejected']} rejected, "
+                      f"{w['failed']} failed; ") if w else ""
+            err.print(f"[yellow]dry run: {counts}nothing was written[/]")
     if result.summary.interrupted:
         err.print("[yellow]interrupted: everything confirmed so far is recorded; run the same command again to resume[/]")
     raise typer.Exit(int(common.exit_code_for(result.summary, limit)))

@@ -430,6 +430,8 @@ def run_enroll(
         exists = getattr(sink, "existing_ids", None) if options.dry_run else None
         if not options.dry_run:
             sink.ensure_collection(coll, options.create_collection)  # fail before the work
+        elif not options.create_collection:
+            sink.ensure_collection(coll, False)  # read-only: a dry run fails where the real run would
         todo = discovery
         if journal:
             opts_key = {"check": check_config_key(checker), "policy": policy,
@@ -467,6 +469,10 @@ def run_enroll(
             for cp, p in ready:
                 cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
                                     f"{p.person_id} with {len(p.faces)} face(s)"
+            update = sum(1 for _, p in ready if p.person_id in known)
+            summary.would = {"create": len(ready) - update, "update": update,
+                             "rejected": sum(1 for cp in persons if cp.result and cp.result.status == Status.REJECTED),
+                             "failed": sum(1 for cp in persons if cp.result and cp.result.status == Status.FAILED)}
             ready = []
         for batch in batches(ready, options.batch_size, options.max_batch_bytes):
             if stop is not None and stop.is_set():

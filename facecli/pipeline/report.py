@@ -113,6 +113,8 @@ class RunSummary:
     ledger: dict[str, Any] = field(default_factory=dict)
     #: Set when the run found nothing to do (an empty source, nothing to retry): why, in words.
     nothing_to_do: str = ""
+    #: --dry-run: persons the real run would create / update, and those it would not send.
+    would: dict[str, int] = field(default_factory=dict)
     _run_pairs: set = field(default_factory=set, repr=False)
 
     def add_item(self, item: ItemResult) -> None:
@@ -162,6 +164,7 @@ class RunSummary:
             "interrupted": self.interrupted,
             "ledger": self.ledger,
             "nothing_to_do": self.nothing_to_do,
+            **({"would": self.would} if self.would else {}),
         }
 
 

@@ -304,7 +304,7 @@ def main() -> None:
         test_multi = [n for n in order if n in test_people]
         enrolled = set(test_multi[: len(test_multi) // 2])
         outsiders = [n for n in test_multi if n not in enrolled]
-        filler = [n for n in order if n not in test_people]
+        filler = [n for n in order if n not in test_people and checks[n].status == Status.ACCEPTED]
         for gsize in (1000, None):
             members = [n for n in enrolled if checks[n].status == Status.ACCEPTED]
             fill = filler if gsize is None else filler[: max(0, gsize - len(members))]

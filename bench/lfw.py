@@ -45,7 +45,7 @@ from lfw_data import detect_subject, subject_face  # noqa: E402  (LFW's subject 
 
 from facecli.imaging.decode import decode_image
 from facecli.pipeline.check import CheckConfig, FaceChecker
-from facecli.vision.align import DLIB_TEMPLATE_150, align_face, crop_scale
+from facecli.vision.align import DLIB_TEMPLATE_150, align_face, align_face_scaled
 from facecli.vision.detect import Face
 from facecli.vision.embed import MATCH_THRESHOLD
 from facecli.vision.quality import crop_measurements, gate_crop, gate_faces
@@ -116,9 +116,8 @@ def detect_subjects(checker: FaceChecker, root: Path, rels: list[str], fallback_
         gate = gate_faces(faces, w, h, checker.thresholds)
         rejects = bool(gate.reasons)
         if gate.main is not None and not rejects:
-            landmarks = gate.main.landmarks / image.scale
-            crop = align_face(image.rgb, landmarks)
-            rejects = bool(gate_crop(crop_measurements(crop, crop_scale(landmarks)), checker.thresholds))
+            crop, upscale = align_face_scaled(image.rgb, gate.main.landmarks / image.scale)
+            rejects = bool(gate_crop(crop_measurements(crop, upscale), checker.thresholds))
         out[rel] = Subject(None if main is None else main.landmarks / image.scale,
                            0.0 if main is None else main.score, len(faces), fallback, rejects)
     return out

@@ -22,7 +22,7 @@ from facecli.errors import ConfigError, ReasonCode, Status, status_for
 from facecli.imaging.decode import DecodedImage, DecodeFailure, DecodeLimits, decode_image
 from facecli.imaging.encode import PayloadSpec, payload_jpeg
 from facecli.imaging.phash import phash
-from facecli.vision.align import align_face, crop_scale
+from facecli.vision.align import align_face_scaled
 from facecli.vision.detect import Detector, Face
 from facecli.vision.embed import Recognizer
 from facecli.vision.models import DEFAULT_DETECTOR, DEFAULT_RECOGNIZER, resolve_model
@@ -252,9 +252,8 @@ class FaceChecker:
             item.warnings.append(ReasonCode.MULTIPLE_FACES)
         if gate.main is not None:
             t1 = time.perf_counter()
-            landmarks = gate.main.landmarks / scale
-            crop = align_face(image.rgb, landmarks)
-            item.quality.update(crop_measurements(crop, crop_scale(landmarks)))
+            crop, upscale = align_face_scaled(image.rgb, gate.main.landmarks / scale)
+            item.quality.update(crop_measurements(crop, upscale))
             reasons += gate_crop(item.quality, t)
             item.timings["align"] = time.perf_counter() - t1
             if not reasons:

@@ -41,12 +41,22 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, template: np.ndarray = DLIB_TEMPLATE_150,
                size: int = CROP_SIZE) -> np.ndarray:
     """Warp the face with these landmarks (pixels of ``rgb``) to a ``size`` x ``size`` RGB crop."""
+    return align_face_scaled(rgb, landmarks, template, size)[0]
+
+
+def align_face_scaled(rgb: np.ndarray, landmarks: np.ndarray, template: np.ndarray = DLIB_TEMPLATE_150,
+                      size: int = CROP_SIZE) -> tuple[np.ndarray, float]:
+    """``align_face`` and its ``crop_scale`` from one similarity transform (the check's hot path)."""
     m = similarity_transform(landmarks, template)
-    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    return crop, _scale(m)
 
 
 def crop_scale(landmarks: np.ndarray, template: np.ndarray = DLIB_TEMPLATE_150) -> float:
     """Crop pixels per image pixel of ``align_face`` for these landmarks: above 1 the crop is an
     upscale of a face smaller than the template, and holds no more detail than the face had."""
-    m = similarity_transform(landmarks, template)
+    return _scale(similarity_transform(landmarks, template))
+
+
+def _scale(m: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from facecli.cli.console import print_error
+from facecli.cli.console import print_error, print_json
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, FacecliError
 from facecli.imaging.decode import DecodeLimits
@@ -78,8 +78,6 @@ def json_summary_on_fatal(enabled: bool, summary: Any, **extra: Any) -> Iterator
         yield
     except FacecliError as exc:
         if enabled:
-            from facecli.cli.console import print_json
-
             if not summary.duration_s:
                 summary.finish()
             print_json(summary.to_json() | extra | {"error": exc.message, "exit_code": int(exc.exit_code)})
@@ -114,7 +112,19 @@ DuplicateMinScoreOpt = typer.Option(None, "--duplicate-min-score", min=0.0, max=
 MaxImagesOpt = typer.Option(3, "--max-images-per-person", help="Keep at most N accepted images per person (best quality first; 0 = no limit). The rest are skipped.", min=0)
 
 
-def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int, settings: Settings | None = None,
+def setting_number(settings: Settings, flag: Any, name: str, cast: Callable[[Any], Any]) -> Any:
+    """A numeric setting: the flag, else the environment / config file (``settings.get``), cast;
+    None when unset; a value that is not a number is a usage error."""
+    value = flag if flag is not None else settings.get(name)
+    if value is None:
+        return None
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
+def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int, settings: Settings,
                   duplicate_budget: float | None = None, review_budget: float | None = None,
                   duplicate_min_score: float | None = None):
     """Per-person check policy from flags, then the config file (``duplicate_budget``,
@@ -125,23 +135,14 @@ def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int,
         if value not in POLICIES:
             raise ConfigError(f"{opt} must be one of {', '.join(POLICIES)}, got {value!r}")
 
-    def pick(flag: float | None, key: str) -> float | None:
-        value = flag if flag is not None else (settings.get(key) if settings is not None else None)
-        if value is None:
-            return None
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} needs a number, got {value!r}") from None
-
     extra: dict[str, float] = {}
     for name, flag in (("duplicate_budget", duplicate_budget), ("review_budget", review_budget)):
-        v = pick(flag, name)
+        v = setting_number(settings, flag, name, float)
         if v is not None:
             if not 0 < v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
             extra[name] = v
-    fixed = pick(duplicate_min_score, "duplicate_min_score")
+    fixed = setting_number(settings, duplicate_min_score, "duplicate_min_score", float)
     if fixed is not None:
         extra["duplicate_threshold"] = fixed
     return PersonPolicy(on_identity_mismatch=on_identity_mismatch, on_duplicate=on_duplicate,
@@ -329,15 +330,7 @@ def remote_options(settings: Settings, *, api_key: str | None = None, insecure: 
     Config-only keys: ``retry_initial_s``, ``retry_max_wait_s``, ``retry_budget``, ``ca_bundle``."""
     from facecli.sinks.transport import RetryPolicy
 
-    def pick(flag: Any, name: str, cast: Callable[[Any], Any]) -> Any:
-        value = flag if flag is not None else settings.get(name)
-        if value is None:
-            return None
-        try:
-            return cast(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-
+    pick = partial(setting_number, settings)
     defaults = RetryPolicy()
     n_retries = pick(retries, "retries", int)
     budget = pick(None, "retry_budget", float)

@@ -427,7 +427,7 @@ def run_enroll(
     hashes: dict[str, str] = {}
     error: BaseException | None = None
     try:
-        exists = getattr(sink, "existing_ids", None) if options.dry_run else None
+        exists = getattr(sink, "held_ids", None) if options.dry_run else None
         if not options.dry_run:
             sink.ensure_collection(coll, options.create_collection)  # fail before the work
         elif not options.create_collection:
@@ -465,7 +465,7 @@ def run_enroll(
         ready = [(cp, person_payload(cp)) for cp in persons if cp.result and cp.result.status == Status.ACCEPTED]
         progress.start_sending(len(ready))
         if options.dry_run:
-            known = exists(coll, [p.person_id for _, p in ready]) if exists else set()
+            known = (exists(coll, [p.person_id for _, p in ready]) if exists else None) or set()
             for cp, p in ready:
                 cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
                                     f"{p.person_id} with {len(p.faces)} face(s)"

@@ -80,7 +80,8 @@ class Sink(Protocol):
     def close(self) -> None: ...
     # Optional: ``held_ids(collection, ids) -> set[str] | None`` says which ids the collection
     # holds (None: this target cannot tell). The run ledger asks it, in one batch, before it skips
-    # persons as UNCHANGED; a sink without it gets "could not be checked" in the summary.
+    # persons as UNCHANGED (a sink without it gets "could not be checked" in the summary), and
+    # --dry-run to say create or update.
 
 
 @dataclass

@@ -148,11 +148,7 @@ class LocalSink:
     def search(self, collection: str, probe: SearchProbe, k: int, min_score: float) -> list[Match]:
         if probe.embedding is None:
             raise ValueError("the local engine searches by embedding")
-        try:
-            hits = self.engine.search(collection, probe.embedding, k=k, min_score=min_score)[0]
-        except eng.EngineError as exc:
-            raise _target_error(exc) from None
-        return [Match(h.person_id, h.person_name, h.score, dict(h.metadata)) for h in hits]
+        return self.search_many(collection, np.atleast_2d(probe.embedding), k, min_score)[0]
 
     def search_many(self, collection: str, embeddings: np.ndarray, k: int, min_score: float) -> list[list[Match]]:
         """One index pass for many probes (the duplicate check of a whole run)."""
@@ -185,7 +181,7 @@ class LocalSink:
 
     # -- Gallery ---------------------------------------------------------------------------------
 
-    def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
+    def held_ids(self, collection: str, person_ids: Sequence[str]) -> set[str] | None:
         """Which of these ids the collection holds (batched: one query per 500 ids); none when
         the collection is absent. --dry-run and the ledger's "already enrolled" check use it."""
         try:
@@ -194,10 +190,6 @@ class LocalSink:
             return set()
         except eng.EngineError as exc:
             raise _target_error(exc) from None
-
-    def held_ids(self, collection: str, person_ids: Sequence[str]) -> set[str] | None:
-        """The ids the collection holds (the run ledger asks before skipping UNCHANGED persons)."""
-        return self.existing_ids(collection, person_ids)
 
     def list_collections(self, limit: int | None, offset: int) -> tuple[int, list[CollectionRow]]:
         try:

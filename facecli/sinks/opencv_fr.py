@@ -415,10 +415,6 @@ class OpenCVFRSink(RemoteClient):
         have = {r.person_id for r in rows}
         return {pid for pid in person_ids if pid in have}
 
-    def existing_ids(self, collection: str, person_ids: Sequence[str]) -> set[str]:
-        """For --dry-run: the ids the collection already holds (empty when listing is unavailable)."""
-        return self.held_ids(collection, person_ids) or set()
-
 
 def _json(resp: httpx.Response) -> Any:
     try:

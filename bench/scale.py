@@ -74,7 +74,7 @@ def persons_from(entries: list[tuple[str, ImageCheck]]) -> list[CheckedPerson]:
     out = []
     for pid, c in entries:
         cp = CheckedPerson(PersonSpec(pid, pid, [Path(c.path)]))
-        cp.items = [ItemResult(c.path, pid, c.status, list(c.reasons), c.message, c, warnings=list(getattr(c, "warnings", [])))]
+        cp.items = [ItemResult(c.path, pid, c.status, list(c.reasons), c.message, c, warnings=list(c.warnings))]
         out.append(cp)
     return out
 
@@ -240,7 +240,7 @@ def main() -> None:
     # -- gate ------------------------------------------------------------------------------------
     acc = [n for n in names if checks[n].status == Status.ACCEPTED]
     reasons = Counter(str(r) for n in names for r in checks[n].reasons)
-    warns = Counter(str(w) for n in names for w in getattr(checks[n], "warnings", []))
+    warns = Counter(str(w) for n in names for w in checks[n].warnings)
     print("\n## Gate: one photo per person")
     print(f"accepted {len(acc):,} of {len(names):,} persons ({len(acc) / len(names):.1%}); reasons: {fmt_counter(reasons)}"
           + (f"; warnings: {fmt_counter(warns)}" if warns else ""))
@@ -319,22 +319,21 @@ def main() -> None:
                 schecks = [checks[n] for n in outsiders]
                 dec = search_decision(sink, coll, checker)
 
-                def answers(cs, bar):
+                def top(cs):
+                    """Each probe's best match (searched once, judged at every bar below)."""
                     embs = [c.embedding for c in cs if c.embedding is not None]
-                    hits = sink.search_many(coll, np.stack(embs), 1, 0.0)
-                    it = iter(hits)
-                    return [next(it) if c.embedding is not None else [] for c in cs], bar
+                    hits = iter(sink.search_many(coll, np.stack(embs), 1, 0.0))
+                    return [next(hits) if c.embedding is not None else [] for c in cs]
 
+                gh, sh = top(gchecks), top(schecks)
+                usable = sum(1 for c in gchecks if c.embedding is not None)
+                s_ok = sum(1 for c in schecks if c.embedding is not None)
                 print(f"gallery {dec.gallery:,} persons ({len(members)} DevTest people + {len(fill)} DevTrain filler); "
                       f"default bar {dec.min_score:.4f} (P(stranger matches anyone) <= 1%)")
                 for label, bar in (("default (score model)", dec.min_score), (f"former fixed {MATCH_THRESHOLD}", MATCH_THRESHOLD)):
-                    gh, _ = answers(gchecks, bar)
-                    sh, _ = answers(schecks, bar)
                     right = sum(1 for (n, _), h in zip(genuine, gh) if h and h[0].score >= bar and h[0].person_id == n)
                     wrong = sum(1 for (n, _), h in zip(genuine, gh) if h and h[0].score >= bar and h[0].person_id != n)
-                    usable = sum(1 for c in gchecks if c.embedding is not None)
                     fm = sum(1 for h in sh if h and h[0].score >= bar)
-                    s_ok = sum(1 for c in schecks if c.embedding is not None)
                     print(f"  {label:<24} genuine probes {len(genuine):,} ({usable:,} with an accepted face): right person "
                           f"{right / max(usable, 1):.1%}, wrong person {wrong / max(usable, 1):.1%} | strangers "
                           f"{s_ok}: matched {fm} ({fm / max(s_ok, 1):.1%})")

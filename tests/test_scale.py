@@ -140,10 +140,8 @@ def test_duplicate_found_through_the_target_and_self_is_ignored():
 
 def test_duplicate_image_keeps_the_copy_its_person_agrees_with():
     rng = np.random.default_rng(1)
-    photo = _unit(rng.normal(size=128))
     b_face, b_face2 = _pair(0.97, rng=rng)
     # the photo really is B's (B's other photos match it); A holds a copy of it as its only photo
-    _, near_photo = _pair(0.97, rng=rng)
     b_photo = _unit(0.5 * b_face + 0.5 * b_face2)
     persons = [_person("A", [b_photo], shas={0: "same"}), _person("B", [b_face, b_photo, b_face2], shas={1: "same"})]
     res = _verdicts(persons, PersonPolicy(max_images_per_person=0))
@@ -154,7 +152,6 @@ def test_duplicate_image_keeps_the_copy_its_person_agrees_with():
     assert a_item.status == Status.REJECTED and ReasonCode.DUPLICATE_IMAGE in a_item.reasons
     assert res["A"].status == Status.REJECTED and ReasonCode.DUPLICATE_PERSON in res["A"].reasons
     assert res["A"].duplicates[0]["decision"] == "same_image" and res["A"].duplicates[0]["other_person_id"] == "B"
-    del photo, near_photo
 
 
 def test_a_copy_misfiled_under_a_second_person_never_costs_the_first_its_photo():

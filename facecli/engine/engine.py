@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any, Literal, Self
 import numpy as np
 import numpy.typing as npt
 from filelock import FileLock, Timeout
+
+from facecli.ids import COLLECTION_NAME_RE, validate_collection_name
 
 from . import store
 from .index import ExactIndex, IndexCache
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 #: Same rule as the OpenCV FR server, so a collection can move between the two unchanged.
-COLLECTION_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+COLLECTION_NAME_PATTERN = COLLECTION_NAME_RE  # the rule lives in facecli.ids
 
 ImageKind = Literal["thumbnail", "full"]
 UpsertAction = Literal["created", "updated", "unchanged"]
@@ -466,10 +467,9 @@ class Engine:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not isinstance(name, str) or not COLLECTION_NAME_PATTERN.fullmatch(name):
-            raise InvalidCollectionName(
-                f"invalid collection name {name!r}: use letters, digits, '_', '.' or '-'"
-            )
+        why = validate_collection_name(name)
+        if why:
+            raise InvalidCollectionName(why)
 
     @staticmethod
     def _collection_row(conn: sqlite3.Connection, name: str) -> tuple[int, str, int]:

@@ -11,11 +11,7 @@ Format
 - Several rows with one person_id are several images of that person, in row order; the first
   row's metadata and the first non-empty person_name win. Cells are stripped of surrounding spaces.
 
-Accepted person_id (``PERSON_ID_RE``, shared with other sources through ``validate_person_id``):
-1 to 128 ASCII characters, letters, digits, space and ``_ . @ : + -``, no leading or trailing space.
-So no ``/`` or ``\\`` (ids become file and URL path segments in targets), no control characters and
-no non-ASCII letters (remote targets disagree on Unicode normalisation, so an id could silently
-fail to match itself).
+Accepted person_id: the one rule of ``facecli.ids`` (shared by every source, sink and the server).
 
 Errors: only run-wide problems raise ``ConfigError`` (manifest unreadable or empty, header not
 UTF-8, no ``person_id`` or image column, a ``mapping``/``metadata_columns`` name that is not in the
@@ -30,15 +26,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from facecli.errors import ConfigError, ReasonCode
+from facecli.ids import validate_person_id
 from facecli.sources.spec import Discovery, PersonSpec, SourceProblem
 
-PERSON_ID_RE = re.compile(r"[A-Za-z0-9_.@:+-](?:[A-Za-z0-9 _.@:+-]{0,126}[A-Za-z0-9_.@:+-])?")
-_ID_CHARS = re.compile(r"[A-Za-z0-9 _.@:+-]")
 OPTIONAL_FIELDS = ("gender", "date_of_birth", "nationality", "notes")
 KNOWN_COLUMNS = frozenset({"person_id", "person_name", "image", "images", *OPTIONAL_FIELDS})
 DELIMITERS = ",;\t|"
@@ -47,20 +41,6 @@ _BOM = b"\xef\xbb\xbf"
 Record = dict[str, object]  # source column -> cell (str; JSON values may be any type)
 Lines = list[tuple[int, str]]  # (physical line number, text)
 Parsed = tuple[list[str], list[tuple[int, Record]]]  # (columns, (line, record) pairs)
-
-
-def validate_person_id(pid: str) -> str | None:
-    """Why ``pid`` is refused (a message for the report), or None when it is acceptable."""
-    if not pid:
-        return "empty person_id"
-    if PERSON_ID_RE.fullmatch(pid):
-        return None
-    if len(pid) > 128:
-        return f"person_id longer than 128 characters ({len(pid)})"
-    if pid != pid.strip(" "):
-        return f"person_id {pid!r} has leading or trailing spaces"
-    bad = "".join(dict.fromkeys(c for c in pid if not _ID_CHARS.fullmatch(c)))
-    return f"person_id {pid!r} has characters targets refuse ({bad!r}); allowed: letters, digits, space, _ . @ : + -"
 
 
 def _text(value: object) -> str:

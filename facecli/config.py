@@ -6,8 +6,10 @@ place. The config file is ``$FACECLI_CONFIG`` or ``<user config dir>/facecli/con
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,59 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+#: Every key the config file may hold, with what it sets: one list, so a typo is an error with a
+#: did-you-mean instead of a setting silently ignored. Names of the ``[thresholds]`` table are
+#: checked by ``Thresholds.with_overrides``.
+CONFIG_KEYS: dict[str, str] = {
+    "to": "the target (--to)",
+    "server": "an OpenCV FR / facecli serve URL (--to http://...)",
+    "db": "the local engine database (--db)",
+    "collection": "the collection (--collection)",
+    "journal": "the run ledger file (--journal)",
+    "no_cache": "keep no check results or face crops in the ledger (--no-cache)",
+    "preset": "a threshold preset (--preset)",
+    "thresholds": "a table of threshold overrides (--threshold NAME=VALUE)",
+    "models_dir": "where model files are (--models-dir)",
+    "threads": "onnxruntime threads (--threads)",
+    "device": "cpu or cuda (--device)",
+    "max_megapixels": "the largest image decoded (--max-megapixels)",
+    "max_megapixels_unreduced": "the largest PNG/TIFF/WebP/... image (decoded at full size; default 50)",
+    "multi_face": "reject | largest (--multi-face)",
+    "duplicate_budget": "--duplicate-budget",
+    "review_budget": "--review-budget",
+    "duplicate_min_score": "--duplicate-min-score",
+    "api_key": "the API key of a remote target (--api-key)",
+    "api_key_env": "the name of an environment variable holding the API key",
+    "ca_bundle": "a CA bundle file for https:// targets",
+    "insecure": "skip TLS verification (--insecure)",
+    "retries": "--retries",
+    "retry_budget": "seconds all retries of a run may wait in total",
+    "retry_initial_s": "the first retry's backoff in seconds",
+    "retry_max_wait_s": "the longest single backoff in seconds",
+    "timeout": "--timeout",
+    "concurrency": "--concurrency",
+    "max_batch_bytes": "--max-batch-bytes",
+}
+
+#: How the user names a setting at each level (for messages): flag, environment, config file.
+_FLAG_NAMES = {"models_dir": "--models-dir", "db": "--db", "journal": "--journal", "to": "--to"}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean "preset"?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_config_keys(table: dict[str, Any], where: Path) -> None:
+    """Unknown keys are a usage error naming the file and the closest known key."""
+    unknown = [k for k in table if k not in CONFIG_KEYS]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"{where}: unknown setting {k!r}{did_you_mean(k, CONFIG_KEYS)}",
+                          hint=f"known settings: {', '.join(sorted(CONFIG_KEYS))}")
+
+
 def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("facecli")) / "config.toml"
 
@@ -45,9 +100,11 @@ def load_config_file(path: str | Path | None = None) -> dict[str, Any]:
         return {}
     try:
         with p.open("rb") as f:
-            return tomllib.load(f)
+            table = tomllib.load(f)
     except (tomllib.TOMLDecodeError, OSError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    check_config_keys(table, p)
+    return table
 
 
 class Settings:
@@ -66,6 +123,24 @@ class Settings:
         if name in self.file:
             return self.file[name]
         return default
+
+    def source(self, name: str) -> str:
+        """How the user gave ``name``: '--models-dir', 'FACECLI_MODELS_DIR' or 'config models_dir'."""
+        lv = self.level(name)
+        if lv == 0:
+            return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if lv == 1:
+            return ENV_VARS[name]
+        return f"config file {name}"
+
+    def existing_dir(self, name: str, hint: str | None = None) -> str | None:
+        """A directory setting that must exist when given (a typo must not be silently ignored)."""
+        value = self.get(name)
+        if value is None or value == "":
+            return None
+        if not Path(str(value)).expanduser().is_dir():
+            raise ConfigError(f"{self.source(name)}: no such directory: {value}", hint=hint)
+        return str(Path(str(value)).expanduser())
 
     def level(self, name: str) -> int | None:
         """Where a setting comes from: 0 flag, 1 environment, 2 config file, None unset (lower wins)."""

@@ -154,3 +154,7 @@ class TargetError(FacecliError):
     """The target (local engine or server) refused the run: auth, unreachable, collection missing."""
 
     exit_code = ExitCode.TARGET
+
+
+class CollectionMissing(TargetError):
+    """The collection does not exist at the target (a dry run with --create-collection is fine)."""

@@ -15,6 +15,7 @@ because collection names become file and URL path segments too.
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 PERSON_ID_MAX = 128
 COLLECTION_NAME_MAX = 64
@@ -71,3 +72,12 @@ def validate_collection_name(name: object) -> str | None:
 
 def is_valid_collection_name(name: object) -> bool:
     return validate_collection_name(name) is None
+
+
+def url_segment(value: str) -> str:
+    """``value`` percent-encoded as exactly one URL path segment (``/ ? # %`` and every reserved
+    character encoded). Raises ValueError for ``''``, ``.`` and ``..``, which a URL path (and
+    httpx) would resolve to another resource: ``/person/..`` is ``/``."""
+    if not isinstance(value, str) or value in ("", *_DOT_SEGMENTS):
+        raise ValueError(f"{value!r} cannot be a URL path segment")
+    return quote(value, safe="")

@@ -203,15 +203,42 @@ def test_sigkill_mid_enroll_leaves_whole_batches(tmp_path):
 def test_dry_run_fails_where_the_real_run_would_and_counts_what_it_would_do(tmp_path):
     db = tmp_path / "g.db"
     invoke("enroll", SAMPLES / "grace_hopper.jpg", "--db", db, "-c", "other", "--create-collection", "-q")
-    res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--json")  # collection "default" is missing
+    res = invoke("enroll", SAMPLES, "--db", db, "-c", "staff", "--dry-run", "--json")  # "staff" is missing
     assert res.exit_code == 3, res.output
     assert json.loads(res.stdout)["exit_code"] == 3
     res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--create-collection", "--json")
     s = json.loads(res.stdout)
-    assert s["would"] == {"create": 2, "update": 0, "rejected": s["persons"]["rejected"],
+    assert s["would"] == {"create": 2, "update": 0, "unchanged": 0, "rejected": s["persons"]["rejected"],
                           "failed": s["persons"]["failed"]}
     with Engine(db) as e:
         assert [c.name for c in e.list_collections()[1]] == ["other"], "a dry run created the collection"
     assert invoke("enroll", SAMPLES, "--db", db, "--create-collection", "-q").exit_code == 1
+    ledger = tmp_path / "ledger.db"
+    assert invoke("enroll", SAMPLES, "--db", db, "--journal", ledger, "-q").exit_code == 1
+    before = ledger.read_bytes(), sorted(p.name for p in tmp_path.iterdir())
+    # the ledger knows both persons are unchanged: the dry run says so, as the real run would
+    res = invoke("enroll", SAMPLES, "--db", db, "--journal", ledger, "--dry-run", "--json")
+    assert json.loads(res.stdout)["would"]["unchanged"] == 2 and json.loads(res.stdout)["would"]["update"] == 0
+    res = invoke("enroll", SAMPLES, "--db", db, "--journal", ledger, "--dry-run")
+    assert "would create 0, update 0 person(s), leave 2 unchanged" in res.stderr
+    assert (ledger.read_bytes(), sorted(p.name for p in tmp_path.iterdir())) == before, "a dry run wrote the ledger"
     res = invoke("enroll", SAMPLES, "--db", db, "--dry-run", "--no-journal")
-    assert "would create 0, update 2 person(s)" in res.stderr
+    assert "would create 0, update 2 person(s), leave 0 unchanged" in res.stderr
+    res = invoke("enroll", SAMPLES, "--db", db, "--journal", tmp_path / "none.db", "--dry-run", "-q")
+    assert not (tmp_path / "none.db").exists(), "a dry run created a ledger"
+
+
+@needs_models
+def test_the_local_default_collection_is_created_on_first_use(tmp_path):
+    db = tmp_path / "g.db"
+    res = invoke("enroll", SAMPLES, "--db", db, "--no-journal", "--json")
+    s = json.loads(res.stdout)
+    assert res.exit_code == 1 and s["persons"]["enrolled"] == 2 and s["collection"] == "default", res.output
+    assert s["actions"] == {"created": 2, "updated": 0, "unchanged": 0}
+    assert invoke("enroll", SAMPLES, "--db", db, "-c", "staff", "--no-journal").exit_code == 3  # other names: no
+    res = invoke("enroll", SAMPLES, "--db", db, "--json")
+    assert json.loads(res.stdout)["actions"] == {"created": 0, "updated": 0, "unchanged": 2}  # the engine says so
+    res = invoke("enroll", SAMPLES, "--db", db)
+    assert "persons: 0 created, 0 updated, 2 unchanged" in res.stdout and "default" in res.stdout
+    assert "problems" not in res.stdout or "UNCHANGED" not in res.stdout.split("problems", 1)[1]
+

@@ -186,3 +186,17 @@ def test_duplicate_across_runs_found_through_facecli_serve(served, keyed, tmp_pa
     assert s["duplicate_check"]["target"].startswith("checked against 2")
     assert s["duplicates"][0]["other_person_id"] == "alice" and s["duplicates"][0]["where"] == "target"
     assert s["persons"]["rejected"] == 1 and s["persons"]["enrolled"] == 0
+
+
+def test_dry_run_checks_the_key_and_the_server_even_with_create_collection(served, monkeypatch, tmp_path):
+    """Issue 15: a dry run must fail where the real run would, --create-collection or not."""
+    args = ["enroll", SAMPLES / "grace_hopper.jpg", "--to", served.url, "-c", "dry-new", "--create-collection",
+            "--dry-run", "--no-journal", "--json"]
+    res = invoke(*args, "--api-key", "WRONG-key-dry")
+    assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3, res.output
+    monkeypatch.setenv("FACECLI_API_KEY", KEY)
+    res = invoke(*args, "--report", tmp_path / "r.jsonl")
+    assert res.exit_code == 0 and json.loads(res.stdout)["would"]["create"] == 1, (tmp_path / "r.jsonl").read_text()
+    assert "dry-new" not in [c.name for c in served.engine.list_collections()[1]]
+    res = invoke(*args[:-1], "--to", "http://127.0.0.1:9")  # nothing listens there: unreachable
+    assert res.exit_code == 3, res.output

@@ -50,7 +50,22 @@ def test_hidden_non_images_and_symlinks(tmp_path):
     reasons = dict((os.path.basename(p), why) for p, why in d.ignored)
     assert "notes.txt" in reasons and "symbolic link" in reasons["link.jpg"]
     d2 = discover_folder(tmp_path, follow_symlinks=True)
-    assert sorted(p.person_id for p in d2.persons) == ["link", "real"]
+    assert [p.person_id for p in d2.persons] == ["real"]  # the real file is real's, not link's too
+    (conflict,) = d2.problems
+    assert conflict.reason == ReasonCode.INVALID_ROW and "also belongs to person 'real'" in conflict.message
+    assert conflict.person_id == "link" and conflict.path.endswith("link.jpg")
+
+
+def test_follow_symlinks_to_outside_files(tmp_path):
+    outside = touch(tmp_path / "elsewhere" / "photo.jpg")
+    touch(tmp_path / "photos" / "ann" / "a.jpg")
+    os.symlink(outside, tmp_path / "photos" / "bob.jpg")
+    os.symlink(outside.parent, tmp_path / "photos" / "ann" / "more")
+    d = discover_folder(tmp_path / "photos", follow_symlinks=True)
+    got = {p.person_id: [i.name for i in p.images] for p in d.persons}
+    assert got == {"ann": ["a.jpg"], "bob": ["bob.jpg"]}  # bob linked the outside file first
+    (conflict,) = d.problems
+    assert conflict.person_id == "ann" and "also belongs to person 'bob'" in conflict.message
 
 
 def test_symlink_loop_terminates(tmp_path):

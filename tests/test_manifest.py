@@ -68,9 +68,12 @@ def test_jsonl(imgs):
     ]
     m = write(imgs / "m.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n{bad json\n")
     d = read_manifest(m)
-    assert summary(d) == [("p1", "Ann", ["a1.jpg", "a2.jpg"]), ("7", "7", ["b1.jpg"])]
-    assert d.persons[0].metadata == {"age": "41", "vip": "true"}
-    assert {(p.line, p.reason) for p in d.problems} == {(3, ReasonCode.INVALID_ROW), (5, ReasonCode.INVALID_ROW)}
+    assert summary(d) == [("p1", "Ann", ["a1.jpg", "a2.jpg"])]
+    assert d.persons[0].metadata == {"age": "41", "vip": "true"}  # numbers and booleans as written
+    assert {(p.line, p.reason) for p in d.problems} == {
+        (2, ReasonCode.INVALID_ROW), (3, ReasonCode.INVALID_ROW), (5, ReasonCode.INVALID_ROW)}
+    why = {p.line: p.message for p in d.problems}
+    assert 'person_id must be a string, got int (write it as a JSON string: "7")' in why[2]
 
 
 def test_images_column_with_image_column_and_optional_fields(imgs):

@@ -26,6 +26,33 @@ def test_jsonl_and_csv_reports(tmp_path):
     rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
     assert rows[0]["path"] == "'=evil.jpg" and rows[0]["person_id"] == "'=HYPERLINK(1)"
     assert rows[0]["reasons"] == "NO_FACE;IMAGE_TOO_SMALL" and rows[1]["kind"] == "person"
+    # person rows are complete: every key of the JSON line has its column
+    assert set(lines[1]) <= set(rows[1]) and set(lines[0]) - {"quality"} <= set(rows[0])
+    assert (rows[1]["person_name"], rows[1]["images"], rows[1]["accepted_images"]) == ("P One", "1", "0")
+    assert rows[1]["path"] == "" and rows[0]["images"] == ""  # a field the line does not have is empty
+
+
+def test_csv_cells_flatten_quality_and_keep_numbers(tmp_path):
+    from facecli.pipeline.check import ImageCheck
+    from facecli.pipeline.report import CSV_COLUMNS, QUALITY_KEYS, csv_cell
+
+    check = ImageCheck(path="a.jpg", status=Status.ACCEPTED, faces=1,
+                       quality={"face_size": 120.0, "yaw": -8.25, "sharpness": 301.5})
+    person = PersonResult("p1", "P", Status.ENROLLED, images=1, accepted_images=1, action="created",
+                          duplicates=[{"other_person_id": "p2", "score": 0.95, "where": "run"}])
+    w = open_report(tmp_path / "r.csv")
+    w.write_item(ItemResult("a.jpg", "p1", Status.ACCEPTED, check=check))
+    w.write_person(person)
+    w.close(RunSummary(command="check"))
+    reader = csv.DictReader((tmp_path / "r.csv").open(newline=""))
+    rows = list(reader)
+    assert reader.fieldnames == list(CSV_COLUMNS) and "quality" not in reader.fieldnames
+    assert all(f"quality_{k}" in reader.fieldnames for k in QUALITY_KEYS)
+    assert rows[0]["quality_yaw"] == "-8.25" and rows[0]["quality_face_size"] == "120.0"  # no formula quote
+    assert rows[0]["quality_roll"] == ""  # not measured
+    assert rows[1]["action"] == "created" and json.loads(rows[1]["duplicates"])[0]["other_person_id"] == "p2"
+    assert csv_cell([1.0, 2.5]) == "[1.0,2.5]" and csv_cell(["A", "B"]) == "A;B" and csv_cell(None) == ""
+    assert csv_cell({"k": "=1"}) == '{"k":"=1"}' and csv_cell("-x") == "'-x" and csv_cell(True) == "true"
 
 
 def test_summary_json_contract():

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from facecli import __version__
+from facecli.cli import cache as cache_cmd
 from facecli.cli import check as check_cmd
 from facecli.cli import enroll as enroll_cmd
 from facecli.cli import gallery
@@ -16,6 +17,7 @@ from facecli.cli import runs
 from facecli.cli import search as search_cmd
 from facecli.cli import serve as serve_cmd
 from facecli.cli.console import print_error
+from facecli.cli.helpstyle import HELP_OPTIONS, FacecliGroup
 from facecli.errors import ExitCode, FacecliError
 
 # OpenCV prints backend warnings on stderr at import; they mean nothing to a user of facecli.
@@ -25,7 +27,9 @@ app = typer.Typer(
     name="facecli",
     help="Bulk-enroll people into face-recognition systems: check photos, enroll, search.",
     no_args_is_help=True,
-    add_completion=False,
+    cls=FacecliGroup,  # click's help conventions, examples, for every command (cli/helpstyle.py)
+    context_settings=HELP_OPTIONS,  # -h as well as --help, inherited by every sub-command
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 
@@ -51,6 +55,7 @@ app.add_typer(gallery.collections_app, name="collections")
 app.add_typer(gallery.persons_app, name="persons")
 app.add_typer(models_cmd.models_app, name="models")
 app.add_typer(runs.runs_app, name="runs")
+app.add_typer(cache_cmd.cache_app, name="cache")
 
 
 def main() -> None:

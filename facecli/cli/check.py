@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from facecli.cli import common
+from facecli.cli.cache import NoCacheOpt, apply_no_cache
 from facecli.cli.console import RichProgress, print_json, summary_tables
 from facecli.config import Settings
 from facecli.pipeline.check import FaceChecker
@@ -24,33 +25,34 @@ Exit 0 when every image is accepted, 1 when any is rejected or failed, 2 on usag
 
 @common.fatal_errors
 def check(
-    path: Path = typer.Argument(None, help="Folder of photos, or one image file.", show_default=False),
+    path: Path = typer.Argument(None, metavar="PATH", help="Folder of photos, or one image file.", show_default=False),
     manifest: Path = common.ManifestOpt,
     map_: list[str] = common.MapOpt,
     metadata: str = common.MetadataOpt,
     allow_absolute: bool = common.AllowAbsoluteOpt,
-    on_identity_mismatch: str = common.OnMismatchOpt,
-    on_duplicate: str = common.OnDuplicateOpt,
+    on_identity_mismatch: common.Policy = common.OnMismatchOpt,
+    on_duplicate: common.Policy = common.OnDuplicateOpt,
     duplicate_budget: float = common.DuplicateBudgetOpt,
     review_budget: float = common.ReviewBudgetOpt,
     duplicate_min_score: float = common.DuplicateMinScoreOpt,
     max_images_per_person: int = common.MaxImagesOpt,
     report: Path = common.ReportOpt,
     json_out: bool = common.JsonOpt,
-    quiet: bool = common.QuietOpt,
-    preset: str = common.PresetOpt,
+    quiet: bool = common.QuietReportOpt,
+    preset: common.Preset = common.PresetOpt,
     threshold: list[str] = common.ThresholdOpt,
     multi_face: common.MultiFace = common.MultiFaceOpt,
     max_megapixels: float = common.MaxMpOpt,
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
-    device: str = common.DeviceOpt,
+    device: common.Device = common.DeviceOpt,
     follow_symlinks: bool = common.FollowOpt,
     show: int = common.ShowOpt,
     max_failures: str = common.MaxFailuresOpt,
     fail_fast: bool = common.FailFastOpt,
     journal: Path = common.JournalOpt,
     no_journal: bool = common.NoJournalOpt,
+    no_cache: bool = NoCacheOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     summary = RunSummary(command="check")
@@ -71,6 +73,7 @@ def check(
         writer = open_report(report) if report else None
         progress = RichProgress(enabled=not (quiet or json_out))
         ledger = common.open_journal(settings, no_journal)
+        apply_no_cache(ledger, settings, no_cache)
         try:
             with common.GracefulStop() as stop:
                 result = run_check(discovery, checker, report=writer, progress=progress, policy=policy,

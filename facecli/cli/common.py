@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial, wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -15,7 +17,10 @@ from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, FacecliError
 from facecli.imaging.decode import DecodeLimits
 from facecli.pipeline.check import MULTI_FACE_MODES, CheckConfig, MultiFace
-from facecli.vision.quality import thresholds_for
+from facecli.pipeline.persons import POLICIES
+from facecli.sinks.base import FACE_STORAGE_TYPES
+from facecli.vision.quality import PRESETS, thresholds_for
+from facecli.vision.runtime import DEVICES
 
 
 def parse_pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -29,6 +34,10 @@ def parse_pairs(values: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+MODELS_DIR_HINT = ("fix the path, or leave it unset to use the user data dir; get the models with "
+                   "`facecli models fetch` (or `facecli models import DIR` offline)")
+
+
 def build_check_config(
     settings: Settings,
     threshold: list[str] | None,
@@ -38,15 +47,17 @@ def build_check_config(
     overrides = settings.thresholds(parse_pairs(threshold, "--threshold"))
     thresholds = thresholds_for(settings.get("preset"), overrides)
     limits = DecodeLimits()
-    mp = max_megapixels if max_megapixels is not None else settings.get("max_megapixels")
+    mp = setting_number(settings, max_megapixels, "max_megapixels", float)
     if mp is not None:
-        limits = DecodeLimits(max_megapixels=float(mp), max_file_bytes=limits.max_file_bytes,
-                              work_max_side=limits.work_max_side)
+        limits = replace(limits, max_megapixels=mp)
+    unreduced = setting_number(settings, None, "max_megapixels_unreduced", float)
+    if unreduced is not None:
+        limits = replace(limits, max_megapixels_unreduced=unreduced)
     threads = settings.get("threads")
     return CheckConfig(
         thresholds=thresholds,
         limits=limits,
-        models_dir=settings.get("models_dir"),
+        models_dir=settings.existing_dir("models_dir", MODELS_DIR_HINT),
         threads=int(threads) if threads else None,
         device=str(settings.get("device", "cpu")),
         keep_images=keep_images,
@@ -84,16 +95,26 @@ def json_summary_on_fatal(enabled: bool, summary: Any, **extra: Any) -> Iterator
         raise
 
 
+# Option values with fixed choices: --help lists them ([reject|warn]), the shell completes them and
+# the parser refuses anything else (exit 2). The config file's values are checked where they are used.
+Policy = Literal[POLICIES]
+Preset = Literal[tuple(PRESETS)]
+Device = Literal[DEVICES]
+FaceStorageType = Literal[FACE_STORAGE_TYPES]
+PAYLOAD_KINDS = ("face", "full")
+PayloadKind = Literal[PAYLOAD_KINDS]
+
 # Reusable option declarations, so every command spells them the same way.
 ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): FILE.jsonl (or .json) JSON Lines, .csv CSV, .xml JUnit XML; checked before any work.", dir_okay=False, writable=True)
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary object on stdout instead of tables.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables (exit code and --report only).")
-PresetOpt = typer.Option(None, "--preset", help="Apply a target's documented image requirements: default, opencv-fr, opencv-fr-liveness, opencv-fr-cloud, verifik, persona, aws-rekognition, azure-face (a seed-API target applies its own when none is given).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, tables or result lines; errors still show.")
+QuietReportOpt = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: errors, the exit code, --report and --json tell the outcome.")
+PresetOpt = typer.Option(None, "--preset", metavar="NAME", show_default=False, help=f"Apply a target's documented image requirements: {', '.join(PRESETS)} (README, 'Thresholds and presets'); a seed-API target applies its own when none is given.")
 ThresholdOpt = typer.Option(None, "--threshold", "-t", metavar="NAME=VALUE", help="Override one quality threshold (repeatable), e.g. -t min_sharpness=30. See README for names.")
 MaxMpOpt = typer.Option(None, "--max-megapixels", help="Refuse images with more pixels than this (decompression-bomb guard; default 100).")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Folder holding the ONNX model files (else FACECLI_MODELS_DIR, then the user cache).", file_okay=False)
 ThreadsOpt = typer.Option(None, "--threads", help="onnxruntime threads per model (default: CPU count, at most 8).", min=1)
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (CUDA when onnxruntime has it).")
+DeviceOpt = typer.Option(None, "--device", show_default=False, help="Where the models run (default cpu; auto: CUDA when onnxruntime has it, else the CPU).")
 ConfigOpt = typer.Option(None, "--config", help="TOML config file (default $FACECLI_CONFIG or the user config dir).", dir_okay=False)
 FollowOpt = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while discovering photos.")
 ShowOpt = typer.Option(20, "--show", help="How many problem items to list after the summary (0: none).", min=0)
@@ -104,8 +125,8 @@ ManifestOpt = typer.Option(None, "--manifest", "-m", help="CSV (delimiter sniffe
 MapOpt = typer.Option(None, "--map", metavar="FIELD=COLUMN", help="Read a field from a differently named column, e.g. --map person_id=EmployeeID --map image=Photo (repeatable, or comma-separated).")
 MetadataOpt = typer.Option(None, "--metadata", help="Comma-separated manifest columns to keep as metadata (default: every other column).")
 AllowAbsoluteOpt = typer.Option(False, "--allow-absolute", help="Allow absolute image paths in the manifest (default: relative to the manifest's folder only).")
-OnMismatchOpt = typer.Option("reject", "--on-identity-mismatch", help="reject or warn: an image that does not match the person's other images.")
-OnDuplicateOpt = typer.Option("reject", "--on-duplicate", help="reject or warn: duplicate images in the run, and one face under two person_ids.")
+OnMismatchOpt = typer.Option("reject", "--on-identity-mismatch", help="An image that does not match the person's other images (IDENTITY_MISMATCH): reject it, or warn and keep its status.")
+OnDuplicateOpt = typer.Option("reject", "--on-duplicate", help="The same image twice in the run (DUPLICATE_IMAGE), one face under two person_ids (DUPLICATE_PERSON): reject, or warn and keep the status.")
 DuplicateBudgetOpt = typer.Option(None, "--duplicate-budget", min=1e-12, max=0.5, metavar="P", help="Expected false DUPLICATE_PERSON rejections per person (default 0.0001: 1 in 10,000 persons). The rejection score rises with the run's and the gallery's size (README, 'The score model').")
 ReviewBudgetOpt = typer.Option(None, "--review-budget", min=1e-12, max=0.5, metavar="P", help="Expected false POSSIBLE_DUPLICATE warnings per person (default 0.01): the review list's length.")
 DuplicateMinScoreOpt = typer.Option(None, "--duplicate-min-score", min=0.0, max=1.0, metavar="SCORE", help="Fixed DUPLICATE_PERSON score instead of the score model's (review level: --review-budget, capped at it).")
@@ -172,9 +193,12 @@ def load_source(path: Path | None, manifest: Path | None, mapping: list[str] | N
     return discover_folder(path, follow_symlinks=follow_symlinks)
 
 
-ToOpt = typer.Option(None, "--to", help="Target: local (default: the embedded engine), sqlite:///PATH, http(s)://HOST[:PORT], opencv-fr-cloud://us|eu|sg, verifik:// or persona://LIST_ID.")
+ToOpt = typer.Option(None, "--to", metavar="TARGET", help="Target: local (default: the embedded engine), sqlite:///PATH, http(s)://HOST[:PORT], opencv-fr-cloud://us|eu|sg, verifik:// or persona://LIST_ID.")
 DbOpt = typer.Option(None, "--db", help="Local engine database file (default $FACECLI_DB or the user data dir).", dir_okay=False)
-CollectionOpt = typer.Option(None, "--collection", "-c", help="Collection name (default: 'default'; letters, digits, '_', '.', '-').")
+CollectionOpt = typer.Option(None, "--collection", "-c", metavar="NAME", help="Collection name (default: 'default'; letters, digits, '_', '.', '-').")
+
+
+DEFAULT_COLLECTION = "default"
 
 
 def target_settings(settings: Settings) -> tuple[str, str | None, str]:
@@ -184,7 +208,7 @@ def target_settings(settings: Settings) -> tuple[str, str | None, str]:
     ``--to sqlite:///x.db`` (or ``postgresql://``) wins over FACECLI_DB or a config ``db``;
     ``--db x.db`` wins over FACECLI_TARGET or a config ``to``. Only two at the same level
     (both flags, say) conflict, and the factory says so."""
-    return (*resolve_target(settings), str(settings.get("collection") or "default"))
+    return (*resolve_target(settings), str(settings.get("collection") or DEFAULT_COLLECTION))
 
 
 def resolve_target(settings: Settings) -> tuple[str, str | None]:
@@ -214,12 +238,16 @@ MaxFailuresOpt = typer.Option(None, "--max-failures", metavar="N|N%", help="Exit
 FailFastOpt = typer.Option(False, "--fail-fast", help="Stop at the first rejected or failed image (exit 1).")
 
 
-def open_journal(settings: Settings, no_journal: bool):
+def open_journal(settings: Settings, no_journal: bool, create: bool = True):
+    """The run ledger, or None (--no-journal; or ``create=False`` and no ledger there yet)."""
     if no_journal:
         return None
-    from facecli.pipeline.journal import Journal
+    from facecli.pipeline.journal import Journal, NoJournal
 
-    return Journal(settings.get("journal"))
+    try:
+        return Journal(settings.get("journal"), create=create)
+    except NoJournal:
+        return None
 
 
 def parse_max_failures(value: str | None) -> tuple[float, bool] | None:
@@ -291,17 +319,16 @@ class GracefulStop:
 
 # -- remote targets (http(s)://) ---------------------------------------------------------------------
 
-ApiKeyOpt = typer.Option(None, "--api-key", help="API key for an http(s):// target (sent as x-api-key; never printed or logged). Prefer FACECLI_API_KEY or api_key_env in the config file: a flag shows in the process list.", show_default=False)
+ApiKeyOpt = typer.Option(None, "--api-key", metavar="KEY", help="API key for an http(s):// target (sent as x-api-key; never printed or logged). Prefer FACECLI_API_KEY or api_key_env in the config file: a flag shows in the process list.", show_default=False)
 InsecureOpt = typer.Option(False, "--insecure", help="Allow plain http:// to a host other than this machine (the API key and the photos then travel unencrypted).")
 ConcurrencyOpt = typer.Option(None, "--concurrency", min=1, help="Requests in flight at once to an http(s):// target (default 4).")
 MaxBatchBytesOpt = typer.Option(None, "--max-batch-bytes", min=1024, help="Cap on one request body to an http(s):// target, in bytes (default 16 MiB); batches are split to fit.")
-PayloadOpt = typer.Option("face", "--payload", help="Image uploaded per accepted face: face (a re-encoded crop with margin, EXIF/GPS stripped; default) or full (the whole photo, at most 1024 px).")
+PayloadOpt = typer.Option("face", "--payload", help="Image uploaded per accepted face: face (a re-encoded crop with margin, EXIF/GPS stripped) or full (the whole photo, at most 1024 px).")
 MaxImageBytesOpt = typer.Option(None, "--max-image-bytes", min=1024, help="Cap on each uploaded image in bytes (default 1000000): JPEG quality, then size, is lowered to fit.")
 TimeoutOpt = typer.Option(None, "--timeout", min=0.1, help="Seconds to wait for each HTTP response from an http(s):// target (default 60).")
 RetriesOpt = typer.Option(None, "--retries", min=0, help="Retries per request on connection errors, timeouts, 429 and 5xx (default 4; full-jitter backoff, Retry-After honoured).")
 
 API_KEY_ENV = "FACECLI_API_KEY"
-PAYLOAD_KINDS = ("face", "full")
 
 
 def resolve_api_key(settings: Settings, flag: str | None) -> str | None:

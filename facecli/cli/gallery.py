@@ -11,9 +11,12 @@ from rich.table import Table
 from facecli.engine.pg import mask_url
 
 from facecli.cli import common
-from facecli.cli.console import err, out, print_json
+from facecli.cli.cache import forget_deleted
+from facecli.cli.console import err, out, print_json, safe_text
+from facecli.cli.listing import check_format, columns_of, print_csv, time_value
 from facecli.config import Settings
-from facecli.errors import ConfigError, ExitCode
+from facecli.errors import ConfigError, ExitCode, TargetError
+from facecli.sinks.base import check_collection_name
 from facecli.sinks.factory import open_sink
 
 collections_app = typer.Typer(help="List, create, delete and copy collections on the target.", no_args_is_help=True)
@@ -38,50 +41,68 @@ def _gallery(to, db, collection, config, writer=False, api_key=None, insecure=Fa
 @collections_app.command("list", help="List collections with their person and face counts.")
 @common.fatal_errors
 def collections_list(to: str = common.ToOpt, db: Path = common.DbOpt, limit: int = LimitOpt, offset: int = OffsetOpt,
-                     json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
+                     json_out: bool = common.JsonOpt,
+                     csv_out: bool = typer.Option(False, "--csv", help="Print the collections as CSV on stdout: "
+                                                  "one row per collection, the --json fields as columns."),
+                     config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
                      insecure: bool = common.InsecureOpt) -> None:
+    check_format(json_out, csv_out)
     sink, _ = _gallery(to, db, None, config, api_key=api_key, insecure=insecure)
     try:
         total, rows = sink.list_collections(limit or None, offset)
     finally:
         sink.close()
+    found = [{**r.__dict__, "created": time_value(r.created), "modified": time_value(r.modified)} for r in rows]
     if json_out:
-        print_json({"count": total, "collections": [r.__dict__ for r in rows]})
+        print_json({"count": total, "collections": found})
+        return
+    if csv_out:
+        print_csv(columns_of(("name", "num_persons", "num_faces", "created", "modified"), found), found)
         return
     t = Table(title=f"{total} collection(s)")
     for col in ("name", "persons", "faces", "created", "modified"):
         t.add_column(col)
-    for r in rows:
-        t.add_row(r.name, str(r.num_persons), str(r.num_faces), r.created or "", r.modified or "")
+    for r in found:  # every cell came from the target: escaped
+        t.add_row(*(safe_text(r[k] if r[k] is not None else "") for k in ("name", "num_persons", "num_faces", "created",
+                                                                           "modified")))
     out.print(t)
 
 
 @collections_app.command("create", help="Create a collection (names: letters, digits, '_', '.', '-').")
 @common.fatal_errors
-def collections_create(name: str = typer.Argument(...), to: str = common.ToOpt, db: Path = common.DbOpt,
+def collections_create(name: str = typer.Argument(..., help="The new collection's name."), to: str = common.ToOpt, db: Path = common.DbOpt,
                        config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
                        insecure: bool = common.InsecureOpt) -> None:
+    check_collection_name(name)  # the one rule (facecli.ids), before any target is opened: exit 2
     sink, _ = _gallery(to, db, None, config, writer=True, api_key=api_key, insecure=insecure)
     try:
-        sink.create_collection(name)
+        try:
+            sink.ensure_collection(name, False)  # already there: nothing to do, like `mkdir -p`
+        except TargetError:
+            sink.create_collection(name)
+        else:
+            out.print(f"collection {safe_text(name)} already exists: nothing to do")
+            return
     finally:
         sink.close()
-    out.print(f"created collection {name}")
+    out.print(f"created collection {safe_text(name)}")
 
 
 @collections_app.command("delete", help="Delete a collection and every person in it.")
 @common.fatal_errors
-def collections_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+def collections_delete(name: str = typer.Argument(..., help="The collection to delete."), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
                        to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt,
-                       api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
-    if not yes and not typer.confirm(f"Delete collection {name} and all its persons?"):
+                       api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt,
+                       journal: Path = common.JournalOpt) -> None:
+    if not yes and not typer.confirm(f"Delete collection {name!r} and all its persons?"):
         raise typer.Exit(int(ExitCode.USAGE))
     sink, _ = _gallery(to, db, None, config, writer=True, api_key=api_key, insecure=insecure)
     try:
         sink.delete_collection(name)
     finally:
         sink.close()
-    out.print(f"deleted collection {name}")
+    forgot = forget_deleted(journal, config, getattr(sink, "target", ""), name)  # its cached face crops too
+    out.print(f"deleted collection {safe_text(name)}{forgot}")
 
 
 COPY_HELP = """Copy collections between engines: the embedded SQLite one and PostgreSQL + pgvector.
@@ -128,12 +149,12 @@ def collections_copy(
             for coll in names:
                 def progress(r, coll=coll):
                     if not (quiet or json_out) and err.is_terminal:
-                        err.print(f"{coll}: {r.persons} persons, {r.faces} faces ...", end="\r")
+                        err.print(f"{safe_text(coll)}: {r.persons} persons, {r.faces} faces ...", end="\r")
                 r = copy_collection(engines[0], engines[1], coll, to_collection=as_ or coll,
                                     batch_size=batch_size, progress=progress)
                 results.append(r)
                 if not (quiet or json_out):
-                    out.print(f"copied {coll} -> {r.destination}: {r.persons} person(s) ({r.created} created, "
+                    out.print(f"copied {safe_text(coll)} -> {safe_text(r.destination)}: {r.persons} person(s) ({r.created} created, "
                               f"{r.updated} updated, {r.unchanged} unchanged), {r.faces} face(s) in {r.seconds:.1f} s")
         except EngineError as exc:
             raise _target_error(exc) from None
@@ -149,27 +170,35 @@ def collections_copy(
 @common.fatal_errors
 def persons_list(collection: str = common.CollectionOpt, to: str = common.ToOpt, db: Path = common.DbOpt,
                  limit: int = LimitOpt, offset: int = OffsetOpt, json_out: bool = common.JsonOpt,
+                 csv_out: bool = typer.Option(False, "--csv", help="Print the persons as CSV on stdout: one row per "
+                                              "person, the --json fields as columns (metadata as compact JSON)."),
                  config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
                  insecure: bool = common.InsecureOpt) -> None:
+    check_format(json_out, csv_out)
     sink, coll = _gallery(to, db, collection, config, api_key=api_key, insecure=insecure)
     try:
         total, rows = sink.list_persons(coll, limit or None, offset)
     finally:
         sink.close()
+    found = [r.to_json() | {"created": time_value(r.created), "modified": time_value(r.modified)} for r in rows]
     if json_out:
-        print_json({"count": total, "persons": [r.to_json() for r in rows]})
+        print_json({"count": total, "persons": found})
         return
-    t = Table(title=f"{coll}: {total} person(s), showing {offset + 1 if rows else 0}-{offset + len(rows)}")
+    if csv_out:
+        print_csv(columns_of(("person_id", "person_name", "metadata", "faces", "created", "modified"), found), found)
+        return
+    t = Table(title=f"{safe_text(coll)}: {total} person(s), showing {offset + 1 if rows else 0}-{offset + len(rows)}")
     for col in ("person_id", "person_name", "faces", "metadata", "modified"):
         t.add_column(col)
-    for r in rows:
-        t.add_row(r.person_id, r.person_name, str(r.faces), json.dumps(r.metadata, ensure_ascii=False) if r.metadata else "", r.modified or "")
+    for r in rows:  # every cell came from the target: escaped
+        meta = json.dumps(r.metadata, ensure_ascii=False) if r.metadata else ""
+        t.add_row(*(safe_text(v) for v in (r.person_id, r.person_name, r.faces, meta, time_value(r.modified) or "")))
     out.print(t)
 
 
 @persons_app.command("get", help="Show one person (exit 1 when not found).")
 @common.fatal_errors
-def persons_get(person_id: str = typer.Argument(...), collection: str = common.CollectionOpt, to: str = common.ToOpt,
+def persons_get(person_id: str = typer.Argument(..., help="The person's id."), collection: str = common.CollectionOpt, to: str = common.ToOpt,
                 db: Path = common.DbOpt, json_out: bool = common.JsonOpt, config: Path = common.ConfigOpt,
                 api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
     sink, coll = _gallery(to, db, collection, config, api_key=api_key, insecure=insecure)
@@ -181,24 +210,27 @@ def persons_get(person_id: str = typer.Argument(...), collection: str = common.C
         if json_out:
             print_json({"person_id": person_id, "found": False})
         else:
-            out.print(f"no person {person_id!r} in collection {coll!r}")
+            out.print(f"no person {safe_text(repr(person_id))} in collection {safe_text(repr(coll))}")
         raise typer.Exit(int(ExitCode.ITEMS))
     if json_out:
         print_json(row.to_json())
     else:
         for k, v in row.to_json().items():
-            out.print(f"[bold]{k}[/]: {json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v}")
+            out.print(f"[bold]{safe_text(k)}[/]: {safe_text(json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v)}")
 
 
 @persons_app.command("delete", help="Delete persons by id (exit 1 if one was not found).")
 @common.fatal_errors
-def persons_delete(person_ids: list[str] = typer.Argument(...), collection: str = common.CollectionOpt,
+def persons_delete(person_ids: list[str] = typer.Argument(..., metavar="PERSON_ID", help="One or more person ids."), collection: str = common.CollectionOpt,
                    to: str = common.ToOpt, db: Path = common.DbOpt, config: Path = common.ConfigOpt,
-                   api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt) -> None:
+                   api_key: str = common.ApiKeyOpt, insecure: bool = common.InsecureOpt,
+                   journal: Path = common.JournalOpt) -> None:
     sink, coll = _gallery(to, db, collection, config, writer=True, api_key=api_key, insecure=insecure)
     try:
         missing = [pid for pid in person_ids if not sink.delete_person(coll, pid)]
     finally:
         sink.close()
-    out.print(f"deleted {len(person_ids) - len(missing)} person(s)" + (f"; not found: {', '.join(missing)}" if missing else ""))
+    forgot = forget_deleted(journal, config, getattr(sink, "target", ""), coll, person_ids)  # cached face crops too
+    out.print(f"deleted {len(person_ids) - len(missing)} person(s)"
+              + (f"; not found: {safe_text(', '.join(missing))}" if missing else "") + forgot)
     raise typer.Exit(int(ExitCode.ITEMS if missing else ExitCode.OK))

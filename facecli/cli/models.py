@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.markup import escape
 from rich.table import Table
 
 from facecli.cli import common
-from facecli.cli.console import err, out, print_json
+from facecli.cli.console import err, out, print_json, safe_text
+from facecli.cli.listing import check_format, print_csv
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, FacecliError
 from facecli.vision import models as registry
@@ -21,6 +21,8 @@ models_app = typer.Typer(
 )
 
 STATUS_STYLE = {"present": "green", "missing": "yellow", "corrupt": "red"}
+#: `models list --csv` columns: the keys of ``ModelEntry.to_json()``.
+MODEL_COLUMNS = ("name", "role", "file", "sha256", "size", "license", "status", "path")
 
 DestOpt = typer.Option(None, "--dest", help="Folder to put the files in (default: the user cache dir, "
                        "~/.cache/facecli/models on Linux).", file_okay=False)
@@ -29,14 +31,14 @@ MirrorOpt = typer.Option(None, "--mirror", metavar="URL", help="Download from UR
 
 
 def _error(exc: FacecliError) -> None:
-    """Like console.print_error, but unwrapped (paths and hashes stay on one line) and escaped."""
-    err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    """Like console.print_error, but unwrapped (paths and hashes stay on one line); escaped (safe_text)."""
+    err.print(f"[bold red]error:[/] {safe_text(exc.message, newlines=True)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {safe_text(exc.hint, newlines=True)}", highlight=False, soft_wrap=True)
 
 
 def _models_dir(models_dir: Path | None, config: Path | None) -> str | None:
-    return Settings({"models_dir": models_dir}, config_path=config).get("models_dir")
+    return Settings({"models_dir": models_dir}, config_path=config).existing_dir("models_dir", common.MODELS_DIR_HINT)
 
 
 def _notes(mf: registry.ModelFile) -> str:
@@ -55,11 +57,17 @@ def _notes(mf: registry.ModelFile) -> str:
                     "FACECLI_MODELS_DIR, the user cache).")
 @common.fatal_errors
 def list_cmd(models_dir: Path = common.ModelsDirOpt, json_out: bool = common.JsonOpt,
+             csv_out: bool = typer.Option(False, "--csv", help="Print the model files as CSV on stdout: one row per "
+                                          "file, the --json fields as columns."),
              config: Path = common.ConfigOpt) -> None:
+    check_format(json_out, csv_out)
     md = _models_dir(models_dir, config)
     entries = registry.list_models(md)
     if json_out:
         print_json({"models": [e.to_json() for e in entries]})
+        return
+    if csv_out:
+        print_csv(MODEL_COLUMNS, [e.to_json() for e in entries])
         return
     # One block per model, one line per file: fits an 80-column terminal, unlike a 9-column table.
     last = None
@@ -69,16 +77,16 @@ def list_cmd(models_dir: Path = common.ModelsDirOpt, json_out: bool = common.Jso
             last = spec.name
             tags = ", ".join(t for t in ("default" if spec.name in registry.DEFAULT_MODELS else "",
                                          "" if spec.validated else "not validated in CI") if t)
-            out.print(f"[bold]{escape(spec.name)}[/]  {spec.role}  {escape(spec.license)}"
+            out.print(f"[bold]{safe_text(spec.name)}[/]  {spec.role}  {safe_text(spec.license)}"
                       + (f"  [dim]({tags})[/]" if tags else ""))
         style = STATUS_STYLE[e.status]
         notes = _notes(e.file)
-        out.print(f"  [{style}]{e.status:<7}[/] {escape(e.file.file)}  {e.file.size:,} bytes  "
-                  f"sha256 {e.file.sha256}" + (f"  [dim]({escape(notes)})[/]" if notes else ""))
+        out.print(f"  [{style}]{e.status:<7}[/] {safe_text(e.file.file)}  {e.file.size:,} bytes  "
+                  f"sha256 {e.file.sha256}" + (f"  [dim]({safe_text(notes)})[/]" if notes else ""))
         if e.path is not None:
-            out.print(f"          {escape(str(e.path))}")
-    dirs = ", ".join(str(d) for d in registry._unique_dirs(registry.search_dirs(md)))
-    out.print(f"[dim]searched, in order: {escape(dirs)}[/]")
+            out.print(f"          {safe_text(str(e.path))}")
+    dirs = ", ".join(str(d) for d in registry.unique_dirs(registry.search_dirs(md)))
+    out.print(f"[dim]searched, in order: {safe_text(dirs)}[/]")
 
 
 class _Bars:
@@ -100,7 +108,8 @@ class _Bars:
         self.progress.update(self.tasks[label], completed=done, total=total)
 
     def status(self, text: str) -> None:
-        (self.progress.console if self.progress else err).print(f"[dim]{escape(text)}[/]", soft_wrap=True)
+        console = self.progress.console if self.progress else err
+        console.print(f"[dim]{safe_text(text, newlines=True)}[/]", soft_wrap=True)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -135,7 +144,7 @@ def fetch_cmd(names: list[str] = typer.Argument(None, metavar="NAME", help="Mode
                 continue
             if not quiet:
                 verb = {"present": "already present", "downloaded": "downloaded", "built": "built"}[r.action]
-                out.print(f"{name}: {verb} {escape(str(r.path))} [green](sha256 verified)[/]")
+                out.print(f"{name}: {verb} {safe_text(str(r.path))} [green](sha256 verified)[/]")
     finally:
         bars.close()
     if failed:
@@ -152,13 +161,14 @@ def import_cmd(directory: Path = typer.Argument(..., metavar="DIR", help="Folder
     r = registry.import_models(directory, dest)
     if not quiet:
         for name, src, dst in r.imported:
-            out.print(f"{name}: imported {escape(src.name)} -> {escape(str(dst))} [green](sha256 verified)[/]")
+            out.print(f"{name}: imported {safe_text(src.name)} -> {safe_text(str(dst))} [green](sha256 verified)[/]")
         for name, dst in r.present:
-            out.print(f"{name}: already present {escape(str(dst))}")
+            out.print(f"{name}: already present {safe_text(str(dst))}")
         for p in r.ignored:
-            out.print(f"[dim]ignored {escape(p.name)}: not a known model file[/]")
+            out.print(f"[dim]ignored {safe_text(p.name)}: not a known model file[/]")
     for src, why in r.refused:
-        err.print(f"[bold red]refused[/] {escape(str(src))}: {escape(why)}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]refused[/] {safe_text(src)}: {safe_text(why, newlines=True)}", highlight=False,
+                  soft_wrap=True)
     if r.refused:
         raise typer.Exit(int(ExitCode.ITEMS))
 
@@ -181,15 +191,15 @@ def verify_cmd(models_dir: Path = common.ModelsDirOpt, json_out: bool = common.J
         for col in ("name", "file", "status", "path"):
             t.add_column(col, overflow="fold" if col == "path" else None)
         for e in checked:
-            t.add_row(e.spec.name, e.file.file, f"[{STATUS_STYLE[e.status]}]{e.status}[/]", str(e.path))
+            t.add_row(e.spec.name, e.file.file, f"[{STATUS_STYLE[e.status]}]{e.status}[/]", safe_text(e.path))
         out.print(t)
         for e in checked:
             if e.status == "corrupt":
-                err.print(f"[bold red]corrupt[/] {escape(str(e.path))}: size or sha256 differs from the pinned "
+                err.print(f"[bold red]corrupt[/] {safe_text(str(e.path))}: size or sha256 differs from the pinned "
                           f"{e.file.sha256}; delete it and run `facecli models fetch {e.spec.name}`",
                           highlight=False, soft_wrap=True)
         for n in missing:
-            err.print(f"[yellow]missing[/] {n}: {escape(registry._missing_hint(registry.REGISTRY[n]))}",
+            err.print(f"[yellow]missing[/] {n}: {safe_text(registry.missing_hint(registry.REGISTRY[n]), newlines=True)}",
                       highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(int(ExitCode.ITEMS))

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from facecli.cli import common
-from facecli.cli.console import err, out, print_json
+from facecli.cli.console import err, out, print_json, safe_text
 from facecli.config import Settings
 from facecli.errors import ExitCode, TargetError
 from facecli.pipeline.check import FaceChecker
@@ -27,14 +26,12 @@ the next person (top two within 0.01: "ambiguous"). The bar is set at the collec
 default a stranger matches anyone with probability <= --max-false-match ({SEARCH_BUDGET:g}), so the
 bar rises as the gallery grows (README, "The score model"); --min-score sets a fixed bar instead.
 
-Example: facecli search visitor.jpg -c staff --json
-
 Exit 0 when a match passes the bar, 1 when none (or no usable face), 2 usage, 3 target error."""
 
 
 @common.fatal_errors
 def search(
-    image: Path = typer.Argument(..., help="The photo to search with.", exists=False, dir_okay=False),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The photo to search with.", exists=False, dir_okay=False),
     collection: str = common.CollectionOpt,
     k: int = typer.Option(5, "-k", "--max-results", min=1, help="Best persons to return per face."),
     min_score: float = typer.Option(None, "--min-score", help="Fixed bar: smallest score to report (default: set by --max-false-match at the collection's size)."),
@@ -49,7 +46,7 @@ def search(
     json_out: bool = common.JsonOpt,
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
-    device: str = common.DeviceOpt,
+    device: common.Device = common.DeviceOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     settings = Settings({"models_dir": models_dir, "threads": threads, "device": device, "to": to, "db": db,
@@ -71,28 +68,42 @@ def search(
     if json_out:
         print_json(result.to_json() | {"min_score": round(decision.min_score, 4), "gallery": decision.gallery})
     elif result.reason:
-        err.print(f"[yellow]{result.reason}[/]: {result.message}")
+        err.print(f"[yellow]{result.reason}[/]: {safe_text(result.message)}")
     else:
-        for i, fm in enumerate(result.faces):
-            t = Table(title=f"face {i + 1} at {fm.to_json()['box']}" if len(result.faces) > 1 else None)
+        # --all-faces (or several faces): every face found gets a line, those without a match too
+        several = all_faces or len(result.faces) > 1
+        for fm in result.faces:
+            where = f"face {fm.index} at {_box(fm.face.to_json()['box'])}"
+            t = Table(title=where if several else None, title_justify="left")
             for col in ("person_id", "person_name", "score", "false match", "margin", "metadata"):
                 t.add_column(col, justify="right" if col in ("score", "false match", "margin") else "left")
             for m in fm.matches:
                 p = m.get("false_match_probability")
                 margin = "" if m["margin"] is None else f"{m['margin']:.4f}" + (" ambiguous" if m["ambiguous"] else "")
-                t.add_row(escape(m["person_id"]), escape(m["person_name"]), f"{m['score']:.4f}",
+                t.add_row(safe_text(m["person_id"]), safe_text(m["person_name"]), f"{m['score']:.4f}",
                           "" if p is None else _odds(p), margin,
-                          escape(json.dumps(m["metadata"], ensure_ascii=False)) if m["metadata"] else "")
+                          safe_text(json.dumps(m["metadata"], ensure_ascii=False)) if m["metadata"] else "")
             if fm.matches:
                 out.print(t)
                 top = fm.matches[0]
                 if top["ambiguous"]:
                     out.print("[yellow]ambiguous:[/] the top two persons are within the score's noise; check both")
+            elif several:
+                out.print(f"{where}: [yellow]no match[/] above {decision.min_score:.4f} "
+                          f"in collection {safe_text(repr(coll))}")
             else:
-                out.print(f"no match in collection {escape(coll)!r}: bar {decision.describe()}")
-        if result.found:
+                out.print(f"no match in collection {safe_text(repr(coll))}: bar {decision.describe()}")
+        if several:
+            matched = sum(1 for fm in result.faces if fm.matches)
+            out.print(f"{len(result.faces)} face(s) searched: {matched} matched, {len(result.faces) - matched} without a match")
+        if result.found or several:
             out.print(f"[dim]bar {decision.describe()}[/]")
     raise typer.Exit(int(ExitCode.OK if result.found else ExitCode.ITEMS))
+
+
+def _box(box: list[float]) -> str:
+    """``[x, y, width, height]`` in whole pixels: ``(412, 96, 180, 224)``."""
+    return "(" + ", ".join(f"{v:.0f}" for v in box) + ")"
 
 
 def _odds(p: float) -> str:

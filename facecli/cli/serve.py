@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from facecli.cli import common
-from facecli.cli.console import err
+from facecli.cli.console import err, safe_text
 from facecli.config import Settings
 from facecli.errors import ConfigError, TargetError
 
@@ -21,6 +22,8 @@ in the x-api-key header; keys come from FACECLI_SERVER_API_KEYS (comma-separated
 loopback address. API description at /docs and /openapi.json."""
 
 KEYS_ENV = "FACECLI_SERVER_API_KEYS"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LogLevel = Literal[LOG_LEVELS]
 
 
 def load_api_keys(api_key_file: Path | None) -> list[str]:
@@ -44,16 +47,16 @@ def serve(
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a key; only allowed on a loopback --host."),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, "--max-body-bytes", min=1024, help="Largest request body accepted; bigger ones get 413 ERR_PAYLOAD_IS_TOO_LARGE."),
     workers: int = typer.Option(2, "--inference-workers", min=1, help="Requests doing detection/embedding at once (others wait their turn)."),
-    log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug."),
+    log_level: LogLevel = typer.Option("info", "--log-level", case_sensitive=False, help="How much the server logs."),
     models_dir: Path = common.ModelsDirOpt,
     threads: int = common.ThreadsOpt,
-    device: str = common.DeviceOpt,
+    device: common.Device = common.DeviceOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     from facecli.sinks.transport import is_loopback
 
-    if log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
-        raise ConfigError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     settings = Settings({"models_dir": models_dir, "threads": threads, "device": device, "db": db}, config_path=config)
     keys = load_api_keys(api_key_file)
     if no_auth:
@@ -92,7 +95,7 @@ def serve(
         checker = FaceChecker.open(common.build_check_config(settings, None, None))
         app = create_app(engine, checker, api_keys, max_body_bytes=max_body_bytes, inference_workers=workers)
         auth = "no authentication (loopback only)" if api_keys is None else f"{len(api_keys)} API key(s)"
-        err.print(f"facecli serve: {path} on http://{host}:{port} with {auth}; API description at /docs")
+        err.print(f"facecli serve: {safe_text(path)} on http://{safe_text(host)}:{port} with {auth}; API description at /docs")
         uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), server_header=False)
     finally:
         engine.close()

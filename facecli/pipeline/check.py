@@ -7,16 +7,18 @@ batch of 16 costs far less than 16 single calls. Results still come out in input
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from facecli.errors import ConfigError, ReasonCode, Status, status_for
 from facecli.imaging.decode import DecodedImage, DecodeFailure, DecodeLimits, decode_image
@@ -25,8 +27,8 @@ from facecli.imaging.phash import phash
 from facecli.vision.align import align_face_scaled
 from facecli.vision.detect import Detector, Face
 from facecli.vision.embed import Recognizer
-from facecli.vision.models import DEFAULT_DETECTOR, DEFAULT_RECOGNIZER, resolve_model
-from facecli.vision.quality import Thresholds, crop_measurements, gate_crop, gate_faces
+from facecli.vision.models import DEFAULT_DETECTOR, DEFAULT_RECOGNIZER, resolve_models
+from facecli.vision.quality import Thresholds, crop_measurements, explain, gate_crop, gate_faces
 from facecli.vision.runtime import default_threads
 
 
@@ -152,13 +154,15 @@ class FaceChecker:
         # core and inference half the cores (measured on 2 cores: 2 decode + 1 onnxruntime thread
         # beat 1 + 1, 1 + 2 and 2 + 2; bench/check_throughput.py --threads/--decode-workers).
         threads = config.threads or max(1, min(default_threads(), cores // 2))
+        det_model, rec_model = resolve_models([(DEFAULT_DETECTOR, config.detector_path),
+                                               (DEFAULT_RECOGNIZER, config.recognizer_path)], config.models_dir)
         det = Detector(
-            resolve_model(DEFAULT_DETECTOR, config.detector_path, config.models_dir),
+            det_model,
             threads=threads,
             device=config.device,
             score_threshold=config.thresholds.detection_score,
         )
-        rec = Recognizer(resolve_model(DEFAULT_RECOGNIZER, config.recognizer_path, config.models_dir),
+        rec = Recognizer(rec_model,
                          threads=threads, device=config.device, flip=config.flip_tta)
         return cls(det, rec, config)
 
@@ -259,13 +263,44 @@ class FaceChecker:
             if not reasons:
                 item.crop = crop
                 if self.config.payload is not None:
-                    item.payload = payload_jpeg(image.rgb, gate.main.box / scale, self.config.payload)
+                    item.payload, why = self._payload(image.rgb, gate.main.box / scale)
+                    if why:
+                        reasons.append(why[0])
+                        messages.append(why[1])
+                        item.payload = None
         if gate.message:
             messages.append(gate.message + ("; kept the largest" if item.warnings else ""))
+        messages += [e for r in reasons if (e := explain(r, item.quality, t, image.source_width,
+                                                         image.source_height, gate.main))]
         item.reasons = reasons
         item.status = status_for(reasons)
         item.message = "; ".join(messages)
         return item
+
+    def _payload(self, rgb: np.ndarray, box: np.ndarray) -> tuple[bytes | None, tuple[ReasonCode, str] | None]:
+        """The image the target gets, verified to hold exactly the accepted face.
+
+        Why: a target re-detects faces in what it is sent, at the crop's own resolution, where a
+        neighbour's face can be found or weighed differently than in the whole photo (issue 15:
+        1.5% of LFW crops were refused by ``facecli serve`` as ERR_MULTIPLE_FACES_DETECTED). So the
+        crop is run through the same detector and one-face rule ``facecli serve`` applies
+        (``one_face_verdict``); when it fails, a tighter crop is tried; when every crop fails the
+        image is refused here, not by the target.
+        """
+        spec = self.config.payload
+        if spec is None or spec.kind != "face":
+            return (payload_jpeg(rgb, box, spec) if spec is not None else None), None
+        verdict = None
+        for fraction in dict.fromkeys((spec.face_fraction, *PAYLOAD_TIGHTER_FRACTIONS)):
+            if fraction < spec.face_fraction:
+                continue
+            data = payload_jpeg(rgb, box, replace(spec, face_fraction=fraction))
+            verdict = one_face_verdict(self.detector, self.thresholds, _jpeg_rgb(data))
+            if verdict is None:
+                return data, None
+        assert verdict is not None
+        return None, (verdict[0], f"the face crop for the target: {verdict[1]} (tried crops with the face at "
+                                  f"{spec.face_fraction:.0%} to {PAYLOAD_TIGHTER_FRACTIONS[-1]:.0%} of the width)")
 
     def _embed(self, items: list[ImageCheck]) -> None:
         todo = [r for r in items if r.crop is not None]
@@ -278,6 +313,27 @@ class FaceChecker:
             r.embedding = e
             r.crop = None
             r.timings["embed"] = per
+
+
+#: Face fractions tried, in order, when the default face crop lets another face in.
+PAYLOAD_TIGHTER_FRACTIONS = (0.55, 0.7)
+
+
+def one_face_verdict(detector: Detector, thresholds: Thresholds, rgb: np.ndarray) -> tuple[ReasonCode, str] | None:
+    """None when ``rgb`` holds one usable face by the enrollment rule (``facecli serve`` refuses
+    uploads with this same function), else (reason, message)."""
+    h, w = rgb.shape[:2]
+    gate = gate_faces(detector.detect(rgb), w, h, thresholds)
+    if gate.main is None:
+        return ReasonCode.NO_FACE, "no face detected"
+    if gate.comparable:
+        return ReasonCode.MULTIPLE_FACES, f"{gate.comparable + 1} faces of similar size"
+    return None
+
+
+def _jpeg_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def _timed_decode(path: str, limits: DecodeLimits) -> tuple[DecodedImage, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from facecli.errors import FacecliError, ReasonCode, Status, status_for
+from facecli.errors import CollectionMissing, FacecliError, ReasonCode, Status, status_for
 from facecli.pipeline.check import FaceChecker, ImageCheck
 from facecli.pipeline.journal import Journal, check_config_key, person_content_hash
 from facecli.pipeline.persons import DuplicateMatch, DuplicateRule, GalleryContext, PersonPolicy, apply_person_checks
@@ -170,16 +170,18 @@ def check_persons(
 class CheckCache:
     """Check results by (file content, check settings), kept in the run journal."""
 
-    def __init__(self, journal: Journal, checker: FaceChecker) -> None:
+    def __init__(self, journal: Journal, checker: FaceChecker, read_only: bool = False) -> None:
         self.journal = journal
         self.key = check_config_key(checker)
+        self.read_only = read_only  # a dry run uses cached results but stores nothing
 
     def lookup(self, path: Path) -> ImageCheck | None:
-        sha = self.journal.file_sha256(path)
-        return self.journal.cached_check(sha, self.key, str(path)) if sha else None
+        sha = self.journal.file_sha256(path, remember=not self.read_only)
+        return self.journal.cached_check(sha, self.key, str(path), touch=not self.read_only) if sha else None
 
     def store(self, check: ImageCheck) -> None:
-        self.journal.store_check(check, self.key)
+        if not self.read_only:
+            self.journal.store_check(check, self.key)
 
 
 def record(
@@ -347,6 +349,7 @@ def apply_outcome(cp: CheckedPerson, outcome: ItemOutcome) -> None:
     accepted = [i for i in cp.items if i.status == Status.ACCEPTED]
     if outcome.status == Status.ENROLLED:
         cp.result.status = Status.ENROLLED
+        cp.result.action = outcome.action or "enrolled"
         cp.result.message = "; ".join(m for m in (cp.result.message, outcome.action or "") if m)
         for i in accepted:
             i.status = Status.ENROLLED
@@ -366,7 +369,7 @@ def _skipped(spec: PersonSpec, message: str) -> CheckedPerson:
     cp = CheckedPerson(spec)
     cp.items = [ItemResult(str(p), spec.person_id, Status.SKIPPED, [ReasonCode.UNCHANGED], message) for p in spec.images]
     cp.result = PersonResult(spec.person_id, spec.person_name, Status.SKIPPED, [ReasonCode.UNCHANGED],
-                             images=len(spec.images), message=message)
+                             images=len(spec.images), message=message, action="unchanged")
     return cp
 
 
@@ -414,6 +417,9 @@ def run_enroll(
     options = options or EnrollOptions()
     policy = policy or PersonPolicy()
     progress = progress or NullProgress()
+    # A dry run reads the ledger (so it predicts UNCHANGED persons and reuses cached checks like the
+    # real run) but writes nothing to it: ``ledger`` is for reading, ``journal`` for writing.
+    ledger, journal = journal, (None if options.dry_run else journal)
     summary = summary or RunSummary(command="enroll", collection=options.collection)
     summary.ignored_files = len(discovery.ignored)
     target = summary.target or getattr(sink, "target", sink.name)
@@ -430,21 +436,28 @@ def run_enroll(
         exists = getattr(sink, "held_ids", None) if options.dry_run else None
         if not options.dry_run:
             sink.ensure_collection(coll, options.create_collection)  # fail before the work
-        elif not options.create_collection:
-            sink.ensure_collection(coll, False)  # read-only: a dry run fails where the real run would
+        else:  # read-only: a dry run fails where the real run would (reachable, key accepted, collection)
+            try:
+                sink.ensure_collection(coll, False)
+            except CollectionMissing:
+                if not options.create_collection:
+                    raise
         todo = discovery
-        if journal:
+        if ledger:
             opts_key = {"check": check_config_key(checker), "policy": policy,
                         "storage": getattr(sink, "face_storage_type", None)}
-            retry_only = journal.failed_persons(target, coll) if options.retry_failed else None
+            retry_only = ledger.failed_persons(target, coll) if options.retry_failed else None
             specs, confirmed = [], []
             for spec in discovery.persons:
                 if retry_only is not None and spec.person_id not in retry_only:
                     continue
-                h = person_content_hash(spec, [journal.file_sha256(Path(p)) for p in spec.images], opts_key)
+                shas = [ledger.file_sha256(Path(p), remember=journal is not None) for p in spec.images]
+                h = person_content_hash(spec, shas, opts_key)
                 hashes[spec.person_id] = h
+                if journal:  # which images (by hash) are this person's: `persons delete` drops their cached checks
+                    journal.map_images(target, coll, spec.person_id, shas)
                 specs.append(spec)
-                if not options.force and journal.person_state(target, coll, spec.person_id) == ("confirmed", h):
+                if not options.force and ledger.person_state(target, coll, spec.person_id) == ("confirmed", h):
                     confirmed.append(spec.person_id)
             unchanged = still_held(sink, coll, confirmed, summary)
             keep = []
@@ -454,7 +467,7 @@ def run_enroll(
                 else:
                     keep.append(spec)
             todo = Discovery(keep, [] if retry_only is not None else discovery.problems, discovery.ignored)
-        cache = CheckCache(journal, checker) if journal else None
+        cache = CheckCache(ledger, checker, read_only=journal is None) if ledger else None
         rule = duplicate_rule(checker, policy)
         gallery = gallery_context(sink, coll, checker.recognizer.model.file.sha256)
         summary.duplicate_check = describe_duplicate_check(rule, gallery, todo.image_count)
@@ -470,7 +483,7 @@ def run_enroll(
                 cp.result.message = f"dry run: would {'update' if p.person_id in known else 'create'} " \
                                     f"{p.person_id} with {len(p.faces)} face(s)"
             update = sum(1 for _, p in ready if p.person_id in known)
-            summary.would = {"create": len(ready) - update, "update": update,
+            summary.would = {"create": len(ready) - update, "update": update, "unchanged": len(skipped),
                              "rejected": sum(1 for cp in persons if cp.result and cp.result.status == Status.REJECTED),
                              "failed": sum(1 for cp in persons if cp.result and cp.result.status == Status.FAILED)}
             ready = []

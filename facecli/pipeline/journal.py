@@ -6,8 +6,12 @@ One SQLite file (WAL) beside the user's data, shared by every run:
   ``sent`` (a request is out; a crash here means "re-send that batch") -> ``confirmed`` or
   ``failed``. A re-run skips persons confirmed with the same content hash (UNCHANGED).
 - ``files``: (path, size, mtime) -> sha256, so unchanged files are not even read again.
-- ``checks``: (image sha256, check config key) -> the check result, embedding and payload, so
-  unchanged images are not decoded again.
+- ``checks``: (image sha256, check config key) -> the check result, embedding and payload (the
+  JPEG face crop, when the target takes images or stores thumbnails), so unchanged images are not
+  decoded again; ``used`` is when a run last stored or read the row (`facecli cache clear
+  --older-than`). Biometric data: `--no-cache` runs neither read nor write it.
+- ``person_images``: (target, collection, person_id) -> the sha256 of each of its images, so
+  `persons delete` / `collections delete` can drop that person's cached checks (hashes only).
 - ``items``: every report line of every run (`facecli runs show`).
 Every write commits at once or in small groups: a SIGKILL loses at most the check results of the
 last few images and never a confirmation.
@@ -22,7 +26,8 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,20 @@ CREATE TABLE IF NOT EXISTS items (
     status TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (run_id, seq)
 );
 """
+_PERSON_IMAGES = """
+CREATE TABLE person_images (
+    target TEXT NOT NULL, collection TEXT NOT NULL, person_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+    PRIMARY KEY (target, collection, person_id, sha256)
+)
+"""
+#: Fill person_images once from the report lines of earlier enroll runs (ledgers made before it).
+_PERSON_IMAGES_BACKFILL = """
+INSERT OR IGNORE INTO person_images
+SELECT r.target, r.collection, i.person_id, json_extract(i.line, '$.sha256')
+FROM items i JOIN runs r ON r.run_id = i.run_id
+WHERE r.command = 'enroll' AND r.target IS NOT NULL AND r.collection IS NOT NULL AND i.kind = 'image'
+  AND i.person_id IS NOT NULL AND json_extract(i.line, '$.sha256') IS NOT NULL
+"""
 
 
 def default_journal_path() -> Path:
@@ -89,6 +108,10 @@ def _alive(pid: int | None) -> bool:
 def resolve_journal_path(path: str | Path | None = None) -> Path:
     """``path``, else $FACECLI_JOURNAL, else the user data dir's journal.db."""
     return Path(path or os.environ.get(JOURNAL_ENV) or default_journal_path()).expanduser()
+
+
+class AmbiguousRun(ConfigError):
+    """A run id prefix that matches several runs (a usage error: give more of the id)."""
 
 
 class NoJournal(TargetError):
@@ -157,6 +180,7 @@ class Journal:
             self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA secure_delete=ON")  # deleted crops are overwritten, not left in free pages
             self.conn.executescript(_SCHEMA)
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -164,24 +188,33 @@ class Journal:
                               hint="use --journal PATH (or FACECLI_JOURNAL) to put it elsewhere") from None
         self._mu = threading.Lock()
         self._pending_checks: list[tuple] = []
+        self._pending_used: list[tuple] = []
+        self._pending_images: list[tuple] = []
+        #: False (`--no-cache`): check results, embeddings and crops are neither read nor stored.
+        self.cache_checks = True
 
     def close(self) -> None:
         with self._mu:
             self._flush_checks()
             self.conn.close()
 
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error (``_mu`` held)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
-        with self._mu:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                if isinstance(rows, tuple):
-                    self.conn.execute(sql, rows)
-                else:
-                    self.conn.executemany(sql, rows)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+        with self._mu, self._write() as conn:
+            if isinstance(rows, tuple):
+                conn.execute(sql, rows)
+            else:
+                conn.executemany(sql, rows)
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -191,6 +224,27 @@ class Journal:
         for col, kind in (("pid", "INTEGER"), ("host", "TEXT"), ("error", "TEXT"), ("progress", "TEXT")):
             if col not in have:
                 self.conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+        if self._needs_cache_migration():
+            with self._write():  # one process migrates; the others then see it done
+                if self._needs_cache_migration():
+                    self._migrate_cache()
+
+    def _needs_cache_migration(self) -> bool:
+        used = "used" in {r[1] for r in self.conn.execute("PRAGMA table_info(checks)")}
+        return not used or not self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='person_images'").fetchone()
+
+    def _migrate_cache(self) -> None:
+        """checks.used (when a row was last stored or read; NULL for rows cached before: they count as
+        old) and person_images, filled from earlier enroll runs' report lines."""
+        if "used" not in {r[1] for r in self.conn.execute("PRAGMA table_info(checks)")}:
+            self.conn.execute("ALTER TABLE checks ADD COLUMN used REAL")
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='person_images'").fetchone():
+            self.conn.execute(_PERSON_IMAGES)
+            try:
+                self.conn.execute(_PERSON_IMAGES_BACKFILL)
+            except sqlite3.OperationalError:  # an SQLite built without JSON functions: no backfill
+                pass
 
     def start_run(self, summary: RunSummary, args: dict[str, Any]) -> None:
         self.reap()
@@ -239,8 +293,16 @@ class Journal:
         return out
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        match = [r for r in self.runs(limit=10_000) if r["run_id"] == run_id or r["run_id"].startswith(run_id)]
-        return match[0] if len(match) == 1 else None
+        """The run with this id or unique id prefix; None when none matches.
+        Raises ``AmbiguousRun`` (listing the candidates) when several do."""
+        runs = self.runs(limit=10_000)
+        exact = [r for r in runs if r["run_id"] == run_id]
+        match = exact or [r for r in runs if r["run_id"].startswith(run_id)]
+        if len(match) > 1:
+            raise AmbiguousRun(f"{len(match)} runs start with {run_id!r}: "
+                               + ", ".join(r["run_id"] for r in match[:5]) + (" ..." if len(match) > 5 else ""),
+                               hint="give more characters of the run id (see `facecli runs list`)")
+        return match[0] if match else None
 
     def run_items(self, run_id: str, failed_only: bool = False) -> list[dict[str, Any]]:
         sql = "SELECT line FROM items WHERE run_id=?"
@@ -277,8 +339,9 @@ class Journal:
 
     # -- files and cached checks -----------------------------------------------------------------
 
-    def file_sha256(self, path: Path) -> str | None:
-        """sha256 of a file, from the ledger when its size and mtime are unchanged; None if unreadable."""
+    def file_sha256(self, path: Path, remember: bool = True) -> str | None:
+        """sha256 of a file, from the ledger when its size and mtime are unchanged; None if unreadable.
+        ``remember=False`` (a dry run) computes a new hash without writing it."""
         try:
             st = path.stat()
         except OSError:
@@ -291,14 +354,22 @@ class Journal:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             return None
-        self._tx("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (key, st.st_size, st.st_mtime_ns, digest))
+        if remember:
+            self._tx("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (key, st.st_size, st.st_mtime_ns, digest))
         return digest
 
-    def cached_check(self, sha256: str, config_key: str, path: str) -> ImageCheck | None:
+    def cached_check(self, sha256: str, config_key: str, path: str, touch: bool = True) -> ImageCheck | None:
+        """The cached result of this image under these settings (None with ``cache_checks`` off);
+        ``touch`` records the use (`cache clear --older-than` keeps rows used since)."""
+        if not self.cache_checks:
+            return None
         row = self.conn.execute("SELECT result, embedding, payload FROM checks WHERE sha256=? AND config_key=?",
                                 (sha256, config_key)).fetchone()
         if row is None:
             return None
+        if touch:
+            with self._mu:
+                self._pending_used.append((time.time(), sha256, config_key))
         d = json.loads(row[0])
         return ImageCheck(
             path=path, status=Status(d["status"]), reasons=[ReasonCode(r) for r in d["reasons"]],
@@ -312,7 +383,7 @@ class Journal:
 
     def store_check(self, check: ImageCheck, config_key: str) -> None:
         """Queue a check result; written in groups (a crash loses at most the last few)."""
-        if not check.sha256 or check.status == Status.FAILED:
+        if not check.sha256 or check.status == Status.FAILED or not self.cache_checks:
             return  # failures (unreadable, corrupt) are cheap to redo and may be transient
         d = {"status": str(check.status), "reasons": [str(r) for r in check.reasons], "message": check.message,
              "warnings": [str(w) for w in check.warnings],
@@ -321,16 +392,134 @@ class Journal:
              "format": check.format}
         emb = check.embedding.astype("<f4").tobytes() if check.embedding is not None else None
         with self._mu:
-            self._pending_checks.append((check.sha256, config_key, json.dumps(d), emb, check.payload))
+            self._pending_checks.append((check.sha256, config_key, json.dumps(d), emb, check.payload, time.time()))
             if len(self._pending_checks) >= 16:
                 self._flush_checks()
 
     def _flush_checks(self) -> None:
+        """Write queued check results, their last-use times and person -> image hashes (lock held)."""
         rows, self._pending_checks = self._pending_checks, []
-        if rows:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT OR REPLACE INTO checks VALUES (?,?,?,?,?)", rows)
-            self.conn.execute("COMMIT")
+        used, self._pending_used = self._pending_used, []
+        images, self._pending_images = self._pending_images, []
+        if rows or used or images:
+            with self._write() as conn:
+                conn.executemany("INSERT OR IGNORE INTO person_images VALUES (?,?,?,?)", images)
+                conn.executemany("INSERT OR REPLACE INTO checks (sha256, config_key, result, embedding, payload, used) "
+                                 "VALUES (?,?,?,?,?,?)", rows)
+                conn.executemany("UPDATE checks SET used=? WHERE sha256=? AND config_key=?", used)
+
+    # -- cached biometric data: what is kept, and removing it --------------------------------------
+
+    def map_images(self, target: str, collection: str, person_id: str, sha256s: Iterable[str | None]) -> None:
+        """Remember which images (by content hash) a person of this target has, so `persons delete`
+        finds its cached checks; written with the next group of check results (before any of them)."""
+        with self._mu:
+            self._pending_images.extend((target, collection, person_id, h) for h in dict.fromkeys(sha256s) if h)
+
+    def disk_bytes(self) -> int:
+        """The ledger's size on disk: the database file and its WAL and shared-memory files."""
+        files = (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+        return sum(f.stat().st_size for f in files if f.is_file())
+
+    def _check_counts(self, where: str = "", args: tuple = ()) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT COUNT(*), COUNT(embedding), COALESCE(SUM(LENGTH(embedding)), 0), COUNT(payload), "
+            "COALESCE(SUM(LENGTH(payload)), 0), COALESCE(SUM(LENGTH(result)), 0), MIN(used), MAX(used), "
+            f"COALESCE(SUM(used IS NULL), 0) FROM checks {where}", args).fetchone()
+        keys = ("checks", "embeddings", "embedding_bytes", "crops", "crop_bytes", "result_bytes", "oldest_used",
+                "newest_used", "unknown_age")
+        return dict(zip(keys, row))
+
+    def cache_stats(self) -> dict[str, Any]:
+        """What the ledger keeps: cached checks (embeddings, face crops), runs and their report lines,
+        and the hashes resume needs (per-person state, file hashes, person -> image hashes)."""
+        with self._mu:
+            self._flush_checks()
+        runs = self.conn.execute("SELECT COUNT(*), MIN(started), MAX(started) FROM runs").fetchone()
+        items = self.conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(line)), 0) FROM items").fetchone()
+        count = {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                 for t in ("persons", "files", "person_images")}
+        return {"path": str(self.path), "bytes": self.disk_bytes(), "checks": self._check_counts(),
+                "runs": {"runs": runs[0], "oldest": runs[1], "newest": runs[2], "items": items[0],
+                         "item_bytes": items[1]},
+                "kept_for_resume": {"person_states": count["persons"], "file_hashes": count["files"],
+                                    "person_image_hashes": count["person_images"]}}
+
+    def clear_checks(self, older_than: float | None = None) -> dict[str, Any]:
+        """Delete cached check results (results, embeddings, face crops); with ``older_than`` (a
+        timestamp) only rows last used before it (rows cached before use times were kept count as old)."""
+        where, args = ("WHERE used IS NULL OR used < ?", (older_than,)) if older_than is not None else ("", ())
+        with self._mu:
+            self._flush_checks()
+            with self._write() as conn:
+                gone = self._check_counts(where, args)
+                conn.execute(f"DELETE FROM checks {where}", args)
+        return {k: gone[k] for k in ("checks", "embeddings", "embedding_bytes", "crops", "crop_bytes", "result_bytes")}
+
+    def clear_runs(self, older_than: float | None = None) -> dict[str, Any]:
+        """Delete finished runs (started before ``older_than``) and their report lines. Runs still
+        going are kept, and so is what resume needs: per-person states and hashes."""
+        self.reap()
+        where = "status != 'running'" + (" AND started < ?" if older_than is not None else "")
+        args = (older_than,) if older_than is not None else ()
+        with self._mu, self._write() as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT run_id FROM runs WHERE {where}", args)]
+            n_items = n_bytes = 0
+            for rid in ids:
+                n, b = conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(line)), 0) FROM items WHERE run_id=?",
+                                    (rid,)).fetchone()
+                n_items, n_bytes = n_items + n, n_bytes + b
+                conn.execute("DELETE FROM items WHERE run_id=?", (rid,))
+                conn.execute("DELETE FROM runs WHERE run_id=?", (rid,))
+        return {"runs": len(ids), "items": n_items, "item_bytes": n_bytes}
+
+    def _same_targets(self, target: str) -> list[str]:
+        """``target`` and the ledger's other spellings of it (a SQLite file given by another path)."""
+        def norm(t: str) -> str:
+            if not t.startswith("sqlite:///"):
+                return t
+            try:
+                return "sqlite:///" + str(Path(t[len("sqlite:///"):]).expanduser().resolve())
+            except OSError:
+                return t
+
+        known = {r[0] for r in self.conn.execute("SELECT target FROM person_images UNION SELECT target FROM persons")}
+        return sorted({target} | {t for t in known if norm(t) == norm(target)})
+
+    def forget_persons(self, target: str, collection: str, person_ids: list[str] | None = None) -> dict[str, Any]:
+        """After persons (``person_ids``; None: the whole collection) were deleted from a target: drop
+        the cached checks of their images (results, embeddings, face crops) and overwrite the freed
+        pages. Hashes stay (resume state, person -> image hashes: the next enroll finds the person
+        missing at the target and re-sends it), and so do report lines of earlier runs."""
+        sel = "target=? AND collection=?" + ("" if person_ids is None else " AND person_id=?")
+        keys = [(t, collection) + ((pid,) if person_ids is not None else ())
+                for t in self._same_targets(target) for pid in (person_ids if person_ids is not None else [None])]
+        gone = {"checks": 0, "embeddings": 0, "embedding_bytes": 0, "crops": 0, "crop_bytes": 0, "result_bytes": 0}
+        with self._mu:
+            self._flush_checks()
+            with self._write() as conn:
+                shas = {r[0] for k in keys for r in conn.execute(f"SELECT sha256 FROM person_images WHERE {sel}", k)}
+                for h in shas:
+                    for name, value in self._check_counts("WHERE sha256=?", (h,)).items():
+                        if name in gone:
+                            gone[name] += value
+                    conn.execute("DELETE FROM checks WHERE sha256=?", (h,))
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the zeroed pages reach the file, the WAL empties
+        return gone
+
+    def compact(self) -> dict[str, Any]:
+        """VACUUM and empty the WAL, so deleted rows are gone from the files, not just unlinked.
+        ``busy``: another process had the ledger open mid-transaction (run it again later)."""
+        before = self.disk_bytes()
+        busy = False
+        with self._mu:
+            self._flush_checks()
+            try:
+                self.conn.execute("VACUUM")
+            except sqlite3.OperationalError:  # another process is writing right now
+                busy = True
+            busy = bool(self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]) or busy
+        return {"bytes_before": before, "bytes_after": self.disk_bytes(), "busy": busy}
 
 
 class JournalReport:

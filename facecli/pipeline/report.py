@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -70,6 +71,9 @@ class PersonResult:
     #: Other persons (of the run or the gallery) this one looks like, most similar first:
     #: ``DuplicateMatch.to_json()`` dicts (other_person_id, score, where, decision, ...).
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: What the target did: created | updated | unchanged (the target said so, or the run ledger
+    #: skipped the person as UNCHANGED); None when nothing was sent.
+    action: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,10 +87,12 @@ class PersonResult:
             "message": self.message,
             "warnings": [str(w) for w in self.warnings],
             "duplicates": self.duplicates,
+            "action": self.action,
         }
 
 
 IMAGE_STATUSES = ("accepted", "rejected", "failed", "skipped", "enrolled")
+ACTIONS = ("created", "updated", "unchanged")
 PERSON_STATUSES = ("accepted", "enrolled", "rejected", "failed", "skipped")
 
 
@@ -115,6 +121,8 @@ class RunSummary:
     nothing_to_do: str = ""
     #: --dry-run: persons the real run would create / update, and those it would not send.
     would: dict[str, int] = field(default_factory=dict)
+    #: Persons the target created / updated / left unchanged in this run.
+    actions: Counter = field(default_factory=Counter)
     _run_pairs: set = field(default_factory=set, repr=False)
 
     def add_item(self, item: ItemResult) -> None:
@@ -126,6 +134,8 @@ class RunSummary:
 
     def add_person(self, person: PersonResult) -> None:
         self.persons[str(person.status)] += 1
+        if person.action:
+            self.actions[person.action] += 1
         for d in person.duplicates:
             if d.get("where") == "run":
                 key = frozenset((person.person_id, d["other_person_id"]))
@@ -164,6 +174,7 @@ class RunSummary:
             "interrupted": self.interrupted,
             "ledger": self.ledger,
             "nothing_to_do": self.nothing_to_do,
+            **({"actions": {**{a: 0 for a in ACTIONS}, **self.actions}} if self.command == "enroll" else {}),
             **({"would": self.would} if self.would else {}),
         }
 
@@ -192,26 +203,56 @@ class JsonlReport:
         self.fh.close()
 
 
-CSV_COLUMNS = ("kind", "path", "person_id", "status", "reasons", "faces", "box", "landmarks", "det_score",
-               "quality", "message", "warnings", "duplicates")
+#: The quality measurements of an image line (``ImageCheck.quality``), one ``quality_<name>`` CSV
+#: column each, in this order (vision/quality.py: gate_faces, crop_measurements).
+QUALITY_KEYS = ("face_size", "eye_distance", "yaw", "pitch", "roll", "border", "sharpness", "brightness")
+#: The CSV report's columns: every key of the JSON Lines image and person lines, ``quality``
+#: flattened. A fixed list (new keys are appended), so files from different runs line up; a cell
+#: a line does not have (a person row's ``box``, an image row's ``images``) is empty.
+CSV_COLUMNS = ("kind", "path", "person_id", "person_name", "status", "action", "reasons", "warnings", "message",
+               "width", "height", "format", "sha256", "faces", "det_score", "box", "landmarks",
+               *(f"quality_{k}" for k in QUALITY_KEYS), "other_faces", "images", "accepted_images", "duplicates",
+               "line")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(value: str) -> str:
-    """Neutralise cells a spreadsheet would run as a formula (CSV injection)."""
+    """Neutralise cells a spreadsheet would run as a formula (CSV injection): a text cell that starts
+    with ``= + - @``, a tab or a CR (a file name, person id or server message from outside) gets a
+    leading apostrophe, which spreadsheets read as "this is text". JSON cells start with ``[``/``{``."""
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell: empty for None; a list of strings (reason codes) joined with ``;``; other lists
+    and objects (box, landmarks, other_faces, duplicates, metadata) as compact JSON; true/false;
+    numbers as they are; text neutralised with :func:`spreadsheet_safe`."""
     if value is None:
         return ""
-    if isinstance(value, list):
-        if all(isinstance(v, str) for v in value):
-            return spreadsheet_safe(";".join(value))
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)  # a number, negative ones too (a yaw of -8.3), is no formula
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return spreadsheet_safe(";".join(value))
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return spreadsheet_safe(str(value))
+
+
+def csv_fields(line: dict[str, Any]) -> dict[str, Any]:
+    """A report line with ``quality`` flattened into ``quality_<name>`` keys."""
+    flat = {k: v for k, v in line.items() if k != "quality"}
+    flat.update({f"quality_{k}": v for k, v in (line.get("quality") or {}).items()})
+    return flat
+
+
+def write_csv(fh: IO[str], columns: tuple[str, ...] | list[str], rows: list[dict[str, Any]]) -> None:
+    """A header and one row per dict, cells as in the CSV report (listings' ``--csv``)."""
+    writer = csv.writer(fh)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([csv_cell(row.get(c)) for c in columns])
 
 
 class CsvReport:
@@ -221,17 +262,27 @@ class CsvReport:
         self.writer.writerow(CSV_COLUMNS)
 
     def _row(self, obj: dict) -> None:
-        self.writer.writerow([_cell(obj.get(c)) for c in CSV_COLUMNS])
+        flat = csv_fields(obj)
+        self.writer.writerow([csv_cell(flat.get(c)) for c in CSV_COLUMNS])
         self.fh.flush()
 
     def write_item(self, item: ItemResult) -> None:
         self._row(item.to_json())
 
     def write_person(self, person: PersonResult) -> None:
-        self._row({**person.to_json(), "path": ""})
+        self._row(person.to_json())
 
     def close(self, summary: RunSummary) -> None:
         self.fh.close()
+
+
+#: What XML 1.0 cannot carry (C0 controls but tab/LF/CR, lone surrogates from undecodable file
+#: names, U+FFFE/U+FFFF): shown as visible escapes so a hostile file name cannot break the report.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", value)
 
 
 class JUnitReport:
@@ -258,14 +309,14 @@ class JUnitReport:
                               failures=str(failures), errors=str(errors), skipped=str(skipped),
                               time=f"{summary.duration_s:.3f}")
         for i in self.items:
-            case = ET.SubElement(suite, "testcase", classname=i.person_id or "", name=i.path)
-            codes = ", ".join(map(str, i.reasons))
+            case = ET.SubElement(suite, "testcase", classname=_xml_text(i.person_id or ""), name=_xml_text(i.path))
+            codes, message = ", ".join(map(str, i.reasons)), _xml_text(i.message)
             if i.status == Status.REJECTED:
-                ET.SubElement(case, "failure", message=codes, type="rejected").text = i.message
+                ET.SubElement(case, "failure", message=codes, type="rejected").text = message
             elif i.status == Status.FAILED:
-                ET.SubElement(case, "error", message=codes, type="failed").text = i.message
+                ET.SubElement(case, "error", message=codes, type="failed").text = message
             elif i.status == Status.SKIPPED:
-                ET.SubElement(case, "skipped", message=codes or i.message)
+                ET.SubElement(case, "skipped", message=codes or message)
         ET.indent(suites)
         self.fh.write(ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n")
         self.fh.close()
@@ -291,7 +342,8 @@ class MultiReport:
 
 
 #: Report formats by file extension (``.json`` is JSON Lines too: one object per line).
-REPORT_FORMATS = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".xml": "JUnit XML"}
+REPORT_FORMATS = {".jsonl": "JSON Lines", ".json": "JSON Lines", ".csv": "CSV", ".xml": "JUnit XML",
+                  ".html": "HTML review page"}
 
 
 def check_report_path(path: str | Path) -> Path:
@@ -300,7 +352,8 @@ def check_report_path(path: str | Path) -> Path:
     p = Path(path)
     if p.suffix.lower() not in REPORT_FORMATS:
         raise ConfigError(f"--report {p}: unknown report format {p.suffix or '(no extension)'!r}",
-                          hint="name the file .jsonl (or .json) for JSON Lines, .csv for CSV, .xml for JUnit XML")
+                          hint="name the file .jsonl (or .json) for JSON Lines, .csv for CSV, .xml for JUnit XML, "
+                               ".html for the review page")
     if p.is_dir():
         raise ConfigError(f"--report {p} is a folder")
     existed = p.exists()
@@ -319,8 +372,14 @@ def open_report(path: str | Path) -> ReportWriter:
     """A writer chosen by file name: ``.csv`` CSV, ``.xml`` JUnit XML, ``.jsonl``/``.json`` JSON
     Lines; any other extension, or a path that cannot be written, is a ConfigError."""
     p = check_report_path(path)
+    if p.suffix.lower() == ".html":  # written at close (facecli.pipeline.review)
+        from facecli.pipeline.review import HtmlReportWriter
+
+        return HtmlReportWriter(p)
     try:
-        fh = io.open(p, "w", encoding="utf-8", newline="")
+        # backslashreplace: a lone surrogate (a file name that is not UTF-8) is written as the JSON
+        # escape it stands for (\udcff) instead of failing the write; everything else is exact
+        fh = io.open(p, "w", encoding="utf-8", errors="backslashreplace", newline="")
     except OSError as exc:
         raise ConfigError(f"--report {p} cannot be written: {exc.strerror or exc}") from None
     if p.suffix.lower() == ".csv":

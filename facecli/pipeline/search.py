@@ -19,13 +19,17 @@ from facecli.vision.quality import gate_faces
 @dataclass
 class FaceMatches:
     """One searched face: the matches that pass the decision, each annotated (score, its
-    false-match probability at the gallery's size, margin to the next person, ambiguous)."""
+    false-match probability at the gallery's size, margin to the next person, ambiguous); none when
+    nobody in the collection passes the bar. ``index``: 1 for the main (largest) face, then the
+    others by size."""
 
     face: Face
     matches: list[dict]
+    index: int = 1
 
     def to_json(self) -> dict:
-        return {"box": self.face.to_json()["box"], "det_score": round(self.face.score, 4), "matches": self.matches}
+        return {"index": self.index, "box": self.face.to_json()["box"], "det_score": round(self.face.score, 4),
+                "matches": self.matches}
 
 
 @dataclass
@@ -70,13 +74,14 @@ def search_image(path: str | Path, checker: FaceChecker, sink: Sink, collection:
         result.reason = ReasonCode.MULTIPLE_FACES
         result.message = f"{gate.comparable + 1} faces of similar size; use --all-faces to search each"
         return result
-    chosen = [gate.main] + (gate.others if all_faces else [])
+    # with --all-faces every face found is searched and reported, those without a match too
+    chosen = [gate.main] + (sorted(gate.others, key=lambda f: -f.size) if all_faces else [])
     crops = [align_face(image.rgb, f.landmarks / image.scale) for f in chosen]
     embeddings = checker.recognizer.embed(crops)
     spec = PayloadSpec()
-    for face, emb in zip(chosen, embeddings):
+    for index, (face, emb) in enumerate(zip(chosen, embeddings), 1):
         jpeg = payload_jpeg(image.rgb, face.box / image.scale, spec) if getattr(sink, "takes_images", True) else None
         probe = SearchProbe(embedding=emb, jpeg=jpeg)
         matches = sink.search(collection, probe, k + 1, fetch_min)
-        result.faces.append(FaceMatches(face, decision.annotate(matches)[:k]))
+        result.faces.append(FaceMatches(face, decision.annotate(matches)[:k], index))
     return result

@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from facecli import __version__
 from facecli.engine import engine as eng
+from facecli.ids import validate_collection_name, validate_person_id
 from facecli.imaging.decode import DecodeFailure, decode_bytes
 from facecli.imaging.encode import thumbnail_jpeg
 from facecli.pipeline.check import FaceChecker
@@ -57,6 +58,10 @@ log = logging.getLogger("facecli.server")
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_TAKE = 1000
+#: Deepest JSON nesting a body may have (the API's deepest body is 4): deeper is a 412, whether
+#: json.loads gives up (RecursionError) or the iterative check after it finds it.
+MAX_JSON_DEPTH = 64
+_TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
 SUCCESS = "OK"
 
 
@@ -97,12 +102,37 @@ def _type_name(kinds: Iterable[type]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _collection_name(body: dict[str, Any], field: str) -> str:
-    name = _field(body, field, str)
-    if not eng.COLLECTION_NAME_PATTERN.fullmatch(name):
-        raise ApiError(400, "ERR_INVALID_COLLECTION_NAME",
-                       "Collection names can only contain alphanumeric characters, underscores, hyphens, and periods.")
+def _valid_collection(name: str) -> str:
+    """facecli.ids' collection-name rule, for every endpoint: 400 ERR_INVALID_COLLECTION_NAME."""
+    why = validate_collection_name(name)
+    if why:
+        raise ApiError(400, "ERR_INVALID_COLLECTION_NAME", why)
     return name
+
+
+def _collection_name(body: dict[str, Any], field: str) -> str:
+    return _valid_collection(_field(body, field, str))
+
+
+def _valid_person_id(pid: str, label: str = "person_id") -> str:
+    """facecli.ids' person-id rule, for every endpoint: 412 ERR_UNPROCESSABLE_CONTENT (the message
+    shows the id escaped, or only its length when it is too long)."""
+    why = validate_person_id(pid)
+    if why:
+        raise unprocessable(f"{label}: {why}")
+    return pid
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """Whether parsed JSON nests arrays/objects more than ``limit`` deep (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def _metadata(value: Any, where: str) -> dict[str, str]:
@@ -250,6 +280,10 @@ class FaceServer:
             data = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as exc:
             raise unprocessable(f"malformed JSON: {exc}") from None
+        except RecursionError:  # past the parser's own limit: refused like any body past ours
+            raise unprocessable(_TOO_DEEP) from None
+        if isinstance(data, (dict, list)) and _too_deep(data, MAX_JSON_DEPTH):
+            raise unprocessable(_TOO_DEEP)
         if not isinstance(data, dict):
             raise unprocessable("the body must be a JSON object")
         return data
@@ -325,6 +359,7 @@ class FaceServer:
         take = _query_int(request, "take", 20, 0, MAX_TAKE)
         name = request.query_params.get("name")
         if name:
+            _valid_collection(name)
             try:
                 rows = [await self.db(self.engine.get_collection, name)]
             except ApiError as exc:
@@ -350,12 +385,12 @@ class FaceServer:
         collection = request.query_params.get("collection_name")
         if not collection:
             raise unprocessable("collection_name is required")
-        if not eng.COLLECTION_NAME_PATTERN.fullmatch(collection):
-            raise ApiError(400, "ERR_INVALID_COLLECTION_NAME", f"invalid collection name {collection!r}")
+        _valid_collection(collection)
         skip = _query_int(request, "skip", 0, 0)
         take = _query_int(request, "take", 20, 0, MAX_TAKE)
         person_id = request.query_params.get("person_id")
         if person_id is not None:
+            _valid_person_id(person_id)
             p = await self.db(self.engine.get_person, collection, person_id)
             rows = [p] if p is not None else []
             total, rows = len(rows), rows[skip: skip + take]
@@ -370,9 +405,7 @@ class FaceServer:
             where = f"persons[{i}]."
             if not isinstance(p, dict):
                 raise unprocessable(f"persons[{i}] must be an object")
-            pid = _field(p, "person_id", str, where=where)
-            if not pid.strip():
-                raise unprocessable(f"{where}person_id must not be empty")
+            pid = _valid_person_id(_field(p, "person_id", str, where=where), f"{where}person_id")
             name = _field(p, "person_name", str, "", where=where)
             face = _field(p, "face_base_64", str, where=where)
             out.append((pid, name, _metadata(p.get("metadata"), where), face))
@@ -399,9 +432,7 @@ class FaceServer:
         body = await self.body(request)
         collection = _collection_name(body, "collection_name")
         storage = _storage(body)
-        pid = _field(body, "person_id", str)
-        if not pid.strip():
-            raise unprocessable("person_id must not be empty")
+        pid = _valid_person_id(_field(body, "person_id", str))
         name = _field(body, "person_name", str, "")
         face = _field(body, "face_base_64", str)
         meta = _metadata(body.get("metadata"), "")

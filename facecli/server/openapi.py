@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from facecli.ids import COLLECTION_NAME_RE, PERSON_ID_MAX, PERSON_ID_RE
 from facecli.vision.embed import MATCH_THRESHOLD
 
 _ERROR = {"type": "object", "required": ["code", "message"],
@@ -12,15 +13,21 @@ _ERROR = {"type": "object", "required": ["code", "message"],
 _META = {"type": "object", "additionalProperties": {"type": "string"}}
 _STORAGE = {"type": "string", "enum": ["NoStorage", "StoreThumbnails", "StoreFullImage"], "default": "NoStorage"}
 _B64 = {"type": "string", "description": "base64 image (JPEG, PNG, WebP, ...); one face"}
-_COLL = {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}
+_COLL = {"type": "string", "pattern": f"^{COLLECTION_NAME_RE.pattern}$",
+         "description": "not '.' or '..', nor a Windows device name (CON, NUL, COM1, ...)"}
+_PID = {"type": "string", "pattern": f"^{PERSON_ID_RE.pattern}$", "maxLength": PERSON_ID_MAX,
+        "description": "ASCII letters, digits, space and _ . @ : + -; no leading '-', no leading or trailing "
+                       "space; not '.' or '..' (else 412)"}
 
 _ERRORS = {
-    "400": "ERR_INVALID_COLLECTION_NAME: the collection name is not [A-Za-z0-9_.-]+",
+    "400": "ERR_INVALID_COLLECTION_NAME: the collection name is not 1-64 of [A-Za-z0-9_.-], or is '.', '..' "
+           "or a Windows device name",
     "401": "ERR_API_KEY_NOT_PRESENT: no x-api-key header",
     "403": "ERR_API_KEY_NOT_VALID: unknown key",
     "404": "ERR_NOT_FOUND: the collection does not exist",
     "409": "ERR_ALREADY_EXISTS",
-    "412": "ERR_UNPROCESSABLE_CONTENT: malformed JSON or wrong types (single-image endpoints: "
+    "412": "ERR_UNPROCESSABLE_CONTENT: malformed JSON, JSON nested deeper than 64 levels, wrong types or an "
+           "invalid person_id (nothing is stored; single-image endpoints: "
            "ERR_INVALID_IMAGE, ERR_NO_FACE_DETECTED, ERR_MULTIPLE_FACES_DETECTED)",
     "413": "ERR_PAYLOAD_IS_TOO_LARGE: the body is over the server's limit",
     "500": "ERR_DATABASE_ERROR: please retry",
@@ -47,7 +54,7 @@ def openapi_schema(version: str, max_body_bytes: int) -> dict[str, Any]:
         "message": {"type": "string", "description": "created / updated / unchanged, or why the person was refused"},
         "metadata": _META, "person_id": {"type": "string", "description": "facecli extension: whose result this is"}}}
     person_in = {"type": "object", "required": ["person_id", "face_base_64"], "properties": {
-        "person_id": {"type": "string"}, "person_name": {"type": "string"}, "face_base_64": _B64, "metadata": _META}}
+        "person_id": _PID, "person_name": {"type": "string"}, "face_base_64": _B64, "metadata": _META}}
     match = {"type": "object", "properties": {
         "person_id": {"type": "string"}, "person_name": {"type": "string"}, "metadata": _META,
         "score": {"type": "number", "description": "cosine similarity of the embeddings (same person >= about "
@@ -93,7 +100,7 @@ def openapi_schema(version: str, max_body_bytes: int) -> dict[str, Any]:
                                    {"name": "skip", "in": "query", "schema": {"type": "integer", "default": 0}},
                                    {"name": "take", "in": "query", "schema": {"type": "integer", "default": 20,
                                                                               "maximum": 1000}},
-                                   {"name": "person_id", "in": "query", "schema": {"type": "string"}}],
+                                   {"name": "person_id", "in": "query", "schema": _PID}],
                     "responses": _ok("a page, ordered by person_id", {"type": "object", "properties": {
                         "count": {"type": "integer"}, "persons": {"type": "array", "items": person_row}}})
                     | _errors("400", "401", "403", "404", "412", "500")},
@@ -102,11 +109,11 @@ def openapi_schema(version: str, max_body_bytes: int) -> dict[str, Any]:
             "summary": "List collections (facecli extension)", "security": auth,
             "parameters": [{"name": "skip", "in": "query", "schema": {"type": "integer", "default": 0}},
                            {"name": "take", "in": "query", "schema": {"type": "integer", "default": 20, "maximum": 1000}},
-                           {"name": "name", "in": "query", "schema": {"type": "string"},
+                           {"name": "name", "in": "query", "schema": _COLL,
                             "description": "only this collection (empty list when absent)"}],
             "responses": _ok("a page, ordered by name", {"type": "object", "properties": {
                 "count": {"type": "integer"}, "collections": {"type": "array", "items": collection_row}}})
-            | _errors("401", "403", "412", "500")}},
+            | _errors("400", "401", "403", "412", "500")}},
         "/face-search": {"post": {
             "summary": "1:N search of the main face of an image", "security": auth,
             "requestBody": _json_body({"type": "object", "required": ["collection_name", "face_base_64"], "properties": {

@@ -12,7 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from facecli.errors import ReasonCode, Status
+from facecli.errors import ConfigError, ReasonCode, Status
+from facecli.ids import validate_collection_name, validate_person_id
 
 FACE_STORAGE_TYPES = ("NoStorage", "StoreThumbnails", "StoreFullImage")
 
@@ -50,6 +51,22 @@ class ItemOutcome:
     action: str | None = None  # created | updated | unchanged, where the target says
     server_code: str | None = None
     message: str = ""
+
+
+def invalid_id_outcome(person_id: str) -> ItemOutcome | None:
+    """The failure of a person whose id breaks facecli.ids' rule (INVALID_ROW), or None. Every sink
+    asks before it builds a request (or a row) for the person: nothing is sent or stored under it."""
+    why = validate_person_id(person_id)
+    return None if why is None else ItemOutcome(person_id, Status.FAILED, ReasonCode.INVALID_ROW, message=why)
+
+
+def check_collection_name(collection: str) -> str:
+    """``collection`` when facecli.ids accepts it, else a ConfigError (exit 2) before any request."""
+    why = validate_collection_name(collection)
+    if why:
+        raise ConfigError(why, hint="collection names: 1-64 letters, digits, '_', '.' or '-'; not '.', '..' or a "
+                                    "Windows device name (README, \"Person ids and collection names\")")
+    return collection
 
 
 @dataclass

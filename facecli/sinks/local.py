@@ -12,7 +12,7 @@ import platformdirs
 
 from facecli.engine import engine as eng
 from facecli.engine import pg
-from facecli.errors import ConfigError, ReasonCode, Status, TargetError
+from facecli.errors import CollectionMissing, ConfigError, ReasonCode, Status, TargetError
 from facecli.sinks.base import (
     FACE_STORAGE_TYPES,
     CollectionRow,
@@ -21,6 +21,7 @@ from facecli.sinks.base import (
     PersonPayload,
     PersonRow,
     SearchProbe,
+    invalid_id_outcome,
 )
 
 DB_ENV = "FACECLI_DB"
@@ -32,7 +33,7 @@ def default_db_path() -> Path:
 
 def _target_error(exc: Exception) -> TargetError:
     if isinstance(exc, eng.CollectionNotFound):
-        return TargetError(str(exc), hint="create it with --create-collection or `facecli collections create NAME`")
+        return CollectionMissing(str(exc), hint="create it with --create-collection or `facecli collections create NAME`")
     if isinstance(exc, eng.InvalidCollectionName):
         err = TargetError(str(exc))
         err.exit_code = ConfigError.exit_code
@@ -120,15 +121,18 @@ class LocalSink:
 
     def upsert(self, collection: str, persons: Sequence[PersonPayload]) -> list[ItemOutcome]:
         """One transaction per batch. A person the engine refuses is isolated and fails alone."""
-        prepared: list[tuple[PersonPayload, eng.EnginePerson | None, str]] = []
+        outcomes: dict[str, ItemOutcome] = {}
+        good: list[eng.EnginePerson] = []
         for p in persons:
+            refused = invalid_id_outcome(p.person_id)  # nothing is stored under an id the rule refuses
+            if refused is not None:
+                outcomes[p.person_id] = refused
+                continue
             try:
-                prepared.append((p, self._engine_person(p), ""))
+                good.append(self._engine_person(p))
             except (OSError, eng.EngineError) as exc:
-                prepared.append((p, None, str(exc)))
-        outcomes = {p.person_id: ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED, message=msg)
-                    for p, ep, msg in prepared if ep is None}
-        good = [ep for _, ep, _ in prepared if ep is not None]
+                outcomes[p.person_id] = ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,
+                                                    message=str(exc))
         try:
             results = self.engine.upsert_persons(collection, good)
         except eng.InvalidInput:
@@ -254,3 +258,9 @@ class PgSink(LocalSink):
     @property
     def target(self) -> str:
         return self.engine.target
+
+
+def is_embedded(sink: object) -> bool:
+    """The embedded SQLite engine (not PostgreSQL, not a server): its default collection is
+    created on first use, because nobody else shares that file."""
+    return isinstance(sink, LocalSink) and not isinstance(sink, PgSink)

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
-from facecli.errors import ConfigError, ExitCode, ReasonCode, Status, TargetError
+from facecli.errors import CollectionMissing, ConfigError, ExitCode, ReasonCode, Status, TargetError
 from facecli.sinks.base import (
     FACE_STORAGE_TYPES,
     CollectionRow,
@@ -40,7 +39,10 @@ from facecli.sinks.base import (
     PersonPayload,
     PersonRow,
     SearchProbe,
+    check_collection_name,
+    invalid_id_outcome,
 )
+from facecli.ids import validate_person_id
 from facecli.sinks.transport import (
     RemoteClient,
     RetryPolicy,
@@ -49,6 +51,7 @@ from facecli.sinks.transport import (
     display_url,
     encode_json,
     error_body,
+    json_or_none,
 )
 
 log = logging.getLogger("facecli.opencv_fr")
@@ -66,7 +69,6 @@ _ACTIONS = ("created", "updated", "unchanged")
 #: PersonPayload fields the OpenCV FR API has no place for: kept as metadata so nothing is lost.
 _EXTRA_FIELDS = ("gender", "date_of_birth", "nationality", "notes")
 _LIST_PAGE = 1000
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 _Item = tuple[PersonPayload, dict[str, Any], int]  # payload, its JSON object, its encoded size
 
@@ -131,7 +133,7 @@ class OpenCVFRSink(RemoteClient):
             return _auth_error(status, code, self.target)
         if status == 404 and collection is not None and code in ("ERR_NOT_FOUND", ""):
             if code:
-                return TargetError(f"collection {collection!r} does not exist on {self.target} (404 {code})",
+                return CollectionMissing(f"collection {collection!r} does not exist on {self.target} (404 {code})",
                                    hint="create it with --create-collection or `facecli collections create NAME`")
             return TargetError(f"{self.target} answered 404 to {what}: is this an OpenCV FR server (and the URL "
                                "path right)?")
@@ -145,8 +147,7 @@ class OpenCVFRSink(RemoteClient):
     # -- Sink --------------------------------------------------------------------------------
 
     def ensure_collection(self, collection: str, create: bool) -> None:
-        if not _COLLECTION_NAME.fullmatch(collection):  # the API's documented rule: say so before any request
-            raise ConfigError(f"invalid collection name {collection!r}: use letters, digits, '_', '.' or '-'")
+        check_collection_name(collection)  # facecli.ids' rule: say so before any request
         if create:
             resp = self._request("POST", "/collection", json_body={"name": collection})
             if resp.status_code in (200, 201, 409):  # 409 ERR_ALREADY_EXISTS: fine
@@ -155,10 +156,10 @@ class OpenCVFRSink(RemoteClient):
         resp = self._request("GET", "/collections", params={"name": collection})
         if resp.status_code in (401, 403):
             raise self._fatal(resp, "checking the collection", collection)
-        data = _json(resp) if resp.status_code == 200 else None
+        data = json_or_none(resp) if resp.status_code == 200 else None
         if isinstance(data, dict) and isinstance(data.get("collections"), list):
             if not any(isinstance(c, dict) and c.get("name") == collection for c in data["collections"]):
-                raise TargetError(f"collection {collection!r} does not exist on {self.target}",
+                raise CollectionMissing(f"collection {collection!r} does not exist on {self.target}",
                                   hint="create it with --create-collection or `facecli collections create NAME`")
             return
         # A server without the listing extension (the OpenCV FR Server itself): the first upsert
@@ -197,6 +198,10 @@ class OpenCVFRSink(RemoteClient):
         outcomes: dict[str, ItemOutcome] = {}
         items: list[_Item] = []
         for p in persons:
+            refused = invalid_id_outcome(p.person_id)  # never sent: nothing stored under it
+            if refused is not None:
+                outcomes[p.person_id] = refused
+                continue
             obj = self._person_json(p)
             if obj is None:
                 outcomes[p.person_id] = ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,
@@ -259,7 +264,7 @@ class OpenCVFRSink(RemoteClient):
 
     def _match(self, collection: str, group: list[_Item], resp: httpx.Response) -> dict[str, ItemOutcome]:
         """Results -> persons by person_id, then by a unique metadata echo; never by position."""
-        data = _json(resp)
+        data = json_or_none(resp)
         if isinstance(data, dict):
             data = next((data[k] for k in ("persons", "results", "data") if isinstance(data.get(k), list)), None)
         if not isinstance(data, list):
@@ -314,7 +319,7 @@ class OpenCVFRSink(RemoteClient):
                     "ERR_NO_FACE_DETECTED", "ERR_MULTIPLE_FACES_DETECTED", "ERR_INVALID_IMAGE"):
                 return []
             raise self._fatal(resp, "searching", collection)
-        return _parse_matches(_json(resp), k, min_score)
+        return _parse_matches(json_or_none(resp), k, min_score)
 
     def gallery_size(self, collection: str) -> int | None:
         """Persons in the collection (the listing is a `facecli serve` extension; None without it)."""
@@ -331,7 +336,7 @@ class OpenCVFRSink(RemoteClient):
             self._fingerprint = None
             try:
                 resp = self._request("GET", "/health")
-                body = _json(resp) if resp.status_code == 200 else None
+                body = json_or_none(resp) if resp.status_code == 200 else None
                 if isinstance(body, dict) and isinstance(body.get("recognizer_sha256"), str):
                     self._fingerprint = body["recognizer_sha256"]
             except TargetError:
@@ -351,7 +356,7 @@ class OpenCVFRSink(RemoteClient):
         while True:
             take = _LIST_PAGE if limit is None else min(_LIST_PAGE, limit - len(rows))
             resp = self._request("GET", path, params={**params, "skip": skip, "take": take})
-            data = _json(resp) if resp.status_code == 200 else None
+            data = json_or_none(resp) if resp.status_code == 200 else None
             if resp.status_code in (404, 405) and not (isinstance(data, dict) and key in data):
                 code, _ = error_body(resp)
                 if code == "ERR_NOT_FOUND" and collection is not None:
@@ -373,6 +378,7 @@ class OpenCVFRSink(RemoteClient):
                                      r.get("modified")) for r in rows]
 
     def create_collection(self, collection: str) -> None:
+        check_collection_name(collection)
         resp = self._request("POST", "/collection", json_body={"name": collection})
         if resp.status_code == 409:
             raise TargetError(f"collection {collection!r} already exists on {self.target}")
@@ -380,6 +386,7 @@ class OpenCVFRSink(RemoteClient):
             raise self._fatal(resp, "creating the collection", collection)
 
     def delete_collection(self, collection: str) -> None:
+        check_collection_name(collection)
         resp = self._request("DELETE", "/collection", json_body={"name": collection})
         if resp.status_code not in (200, 204):
             raise self._fatal(resp, "deleting the collection", collection)
@@ -392,10 +399,15 @@ class OpenCVFRSink(RemoteClient):
                          {k: v for k, v in r.items() if k not in known})
 
     def list_persons(self, collection: str, limit: int | None, offset: int) -> tuple[int, list[PersonRow]]:
+        check_collection_name(collection)
         total, rows = self._get_list("/persons", "persons", {"collection_name": collection}, limit, offset, collection)
         return total, [self._row(r) for r in rows]
 
     def get_person(self, collection: str, person_id: str) -> PersonRow | None:
+        check_collection_name(collection)
+        why = validate_person_id(person_id)
+        if why:
+            raise ConfigError(why)
         _, rows = self._get_list("/persons", "persons", {"collection_name": collection, "person_id": person_id},
                                  1, 0, collection)
         rows = [r for r in rows if r.get("person_id") == person_id]
@@ -414,13 +426,6 @@ class OpenCVFRSink(RemoteClient):
             return None
         have = {r.person_id for r in rows}
         return {pid for pid in person_ids if pid in have}
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _parse_matches(data: Any, k: int, min_score: float) -> list[Match]:

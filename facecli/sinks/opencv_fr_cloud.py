@@ -29,9 +29,10 @@ from typing import Any
 import httpx
 
 from facecli.errors import ConfigError, ReasonCode, Status
+from facecli.ids import url_segment
 from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe
-from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url, json_or_none
-from facecli.sinks.transport import RetryPolicy, error_body
+from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url
+from facecli.sinks.transport import RetryPolicy, error_body, json_or_none
 
 log = logging.getLogger("facecli.opencv_fr_cloud")
 
@@ -143,7 +144,8 @@ class OpenCVFRCloudSink(NamedCollections, SeedClient):
 
     def _upsert_one(self, p: PersonPayload, cid: str) -> ItemOutcome:
         body = self._person_body(p, cid)
-        got = self._request("GET", f"/person/{_quote(p.person_id)}")
+        # one percent-encoded segment; '.'/'..' never get here (invalid_id_outcome refuses them)
+        got = self._request("GET", f"/person/{url_segment(p.person_id)}")
         if got.status_code in (401, 403):
             raise self._fatal(got, "looking up a person")
         if got.status_code == 200:
@@ -191,8 +193,3 @@ class OpenCVFRCloudSink(NamedCollections, SeedClient):
         matches.sort(key=lambda m: m.score, reverse=True)
         return [m for m in matches if m.score >= min_score][:k]
 
-
-def _quote(person_id: str) -> str:
-    from urllib.parse import quote
-
-    return quote(person_id, safe="")

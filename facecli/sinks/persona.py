@@ -36,17 +36,17 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import numpy as np
 from PIL import Image
 
 from facecli.errors import ConfigError, ReasonCode, Status, TargetError
+from facecli.ids import url_segment
 from facecli.imaging.encode import encode_jpeg
-from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe
-from facecli.sinks.seed_common import SeedClient, base_url, json_or_none
-from facecli.sinks.transport import RetryPolicy, parse_retry_after
+from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe, invalid_id_outcome
+from facecli.sinks.seed_common import SeedClient, base_url
+from facecli.sinks.transport import RetryPolicy, json_or_none, parse_retry_after
 
 log = logging.getLogger("facecli.persona")
 
@@ -71,6 +71,12 @@ def error_text(resp: httpx.Response) -> tuple[str, str]:
         pointer = (first.get("source") or {}).get("pointer") if isinstance(first.get("source"), dict) else None
         return title, " ".join(x for x in (details, f"(at {pointer})" if pointer else "") if x)[:500]
     return "", (resp.text or "")[:200].replace("\n", " ")
+
+
+def _member(obj: Any, key: str) -> dict[str, Any]:
+    """``obj[key]`` when both are JSON objects, else ``{}`` (an answer of another shape)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def multipart(fields: list[tuple[str, str | None, str, bytes]], boundary: str) -> bytes:
@@ -178,11 +184,13 @@ class PersonaSink(SeedClient):
             code, message = error_text(resp)
             return resp.status_code, " ".join(x for x in (code, message) if x) or f"HTTP {resp.status_code}"
         self.imports += 1
-        importer = (json_or_none(resp) or {}).get("data") or {}
+        importer = _member(json_or_none(resp), "data")
         iid = importer.get("id")
-        attrs = importer.get("attributes") or {}
-        if not iid:
-            return 502, "the import answer carries no importer id"
+        attrs = _member(importer, "attributes")
+        try:
+            poll = f"/api/v1/importers/{url_segment(str(iid or ''))}"
+        except ValueError:  # none, or '.'/'..' (a URL path resolves those to another resource)
+            return 502, f"the import answer carries no usable importer id ({iid!r})"
         deadline = time.monotonic() + self.poll_timeout_s
         delay = self.poll_interval_s
         while str(attrs.get("status", "pending")).lower() in _PENDING:
@@ -190,11 +198,11 @@ class PersonaSink(SeedClient):
                 return 504, f"importer {iid} still {attrs.get('status')} after {self.poll_timeout_s:.0f}s"
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
-            got = self._call("GET", f"/api/v1/importers/{quote(str(iid), safe='')}")
+            got = self._call("GET", poll)
             if got.status_code != 200:
                 code, message = error_text(got)
                 return got.status_code, f"polling importer {iid}: {code} {message}".strip()
-            attrs = ((json_or_none(got) or {}).get("data") or {}).get("attributes") or {}
+            attrs = _member(_member(json_or_none(got), "data"), "attributes")
         return 201, attrs | {"id": iid}
 
     def _send(self, group: list[tuple[PersonPayload, list[_File]]]) -> dict[str, ItemOutcome]:
@@ -244,6 +252,10 @@ class PersonaSink(SeedClient):
         outcomes: dict[str, ItemOutcome] = {}
         items = []
         for p in persons:
+            refused = invalid_id_outcome(p.person_id)  # its file names are made from the id
+            if refused is not None:
+                outcomes[p.person_id] = refused
+                continue
             files = self._files(p)[:self.max_images_per_request]
             if not files:
                 outcomes[p.person_id] = ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,

@@ -12,12 +12,11 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 
-from facecli.errors import ConfigError, ReasonCode, Status, TargetError
-from facecli.sinks.base import ItemOutcome, PersonPayload
+from facecli.errors import CollectionMissing, ConfigError, ReasonCode, Status, TargetError
+from facecli.sinks.base import ItemOutcome, PersonPayload, check_collection_name, invalid_id_outcome
 from facecli.sinks.transport import RemoteClient, RetryPolicy, Transport, check_base_url, display_url, error_body
 
 log = logging.getLogger("facecli.seed")
@@ -30,13 +29,6 @@ def base_url(env_var: str, default: str, insecure: bool) -> httpx.URL:
     """``default`` (the service's documented URL) unless ``env_var`` names another base URL."""
     override = os.environ.get(env_var)
     return check_base_url(override or default, insecure)
-
-
-def json_or_none(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 class SeedClient(RemoteClient):
@@ -87,6 +79,9 @@ class SeedClient(RemoteClient):
         """``one`` for every person, ``concurrency`` in flight; transport failures fail that person."""
 
         def safe(p: PersonPayload) -> ItemOutcome:
+            refused = invalid_id_outcome(p.person_id)  # before any URL or body is built from it
+            if refused is not None:
+                return refused
             if not any(f.jpeg for f in p.faces):
                 return ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_REJECTED,
                                    message="no face image to send (payload not encoded)")
@@ -122,12 +117,13 @@ class NamedCollections:
         raise NotImplementedError
 
     def ensure_collection(self, collection: str, create: bool) -> None:
+        check_collection_name(collection)
         if collection in self._collections:
             return
         cid = self._find_collection(collection)
         if cid is None:
             if not create:
-                raise TargetError(f"collection {collection!r} does not exist on {self.target}",
+                raise CollectionMissing(f"collection {collection!r} does not exist on {self.target}",
                                   hint="create it with --create-collection")
             cid = self._create_collection(collection)
         self._collections[collection] = cid

@@ -276,11 +276,24 @@ def _describe(exc: BaseException | None) -> str:
     return type(exc).__name__
 
 
+#: What a hostile or broken answer can raise while parsed: not JSON, not UTF-8, or nested deeper
+#: than the parser's recursion limit (RecursionError).
+_BAD_JSON = (ValueError, UnicodeDecodeError, RecursionError)
+
+
+def json_or_none(resp: httpx.Response) -> Any:
+    """The answer's JSON, or None when it is not (readable) JSON."""
+    try:
+        return resp.json()
+    except _BAD_JSON:
+        return None
+
+
 def error_body(resp: httpx.Response) -> tuple[str, str]:
     """(code, message) of an error response; tolerant of non-JSON bodies (proxies, gateways)."""
     try:
         data = resp.json()
-    except (ValueError, UnicodeDecodeError):
+    except _BAD_JSON:
         text = resp.text.strip().replace("\n", " ")
         return "", text[:200]
     if isinstance(data, dict):

@@ -24,14 +24,14 @@ import base64
 import logging
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from facecli.errors import ReasonCode, Status
+from facecli.ids import url_segment
 from facecli.sinks.base import ItemOutcome, Match, PersonPayload, SearchProbe
-from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url, json_or_none
-from facecli.sinks.transport import RetryPolicy, error_body
+from facecli.sinks.seed_common import NamedCollections, SeedClient, base_url
+from facecli.sinks.transport import RetryPolicy, error_body, json_or_none
 
 log = logging.getLogger("facecli.verifik")
 
@@ -122,7 +122,12 @@ class VerifikSink(NamedCollections, SeedClient):
             have = existing.get("collections") if isinstance(existing.get("collections"), list) else []
             have = [str(c.get("_id") if isinstance(c, dict) else c) for c in have]
             body["collections"] = list(dict.fromkeys([c for c in have if c and c != "None"] + [cid]))
-            put = self._request("PUT", f"{API}/persons/{quote(pid, safe='')}", json_body=body)
+            try:
+                path = f"{API}/persons/{url_segment(pid)}"
+            except ValueError:  # an id a URL path would resolve elsewhere ('..'): never request it
+                return ItemOutcome(p.person_id, Status.FAILED, ReasonCode.SERVER_ERROR, server_code="person_already_set",
+                                   message=f"Verifik named the existing person {pid!r}, which is not a usable id")
+            put = self._request("PUT", path, json_body=body)
             if put.status_code == 200:
                 return ItemOutcome(p.person_id, Status.ENROLLED, action="updated",
                                    message=f"updated Verifik person {pid} (its images were replaced)")

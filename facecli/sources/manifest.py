@@ -8,6 +8,10 @@ Format
   ``gender``, ``date_of_birth``, ``nationality``, ``notes`` fill the PersonSpec fields of those
   names; every other column is string metadata (or only ``metadata_columns`` when given).
   ``mapping`` renames source columns to these names (``{"person_id": "EmployeeID"}``).
+- JSON Lines values are type-checked: ``person_id``, ``person_name`` and ``image`` are strings (a
+  JSON number id is refused, not converted), ``images`` a string or a list of strings, other
+  values strings, numbers or booleans (numbers and booleans kept as written); any other type makes
+  the row an ``INVALID_ROW`` problem ("image must be a string, got list").
 - Several rows with one person_id are several images of that person, in row order; the first
   row's metadata and the first non-empty person_name win. Cells are stripped of surrounding spaces.
 
@@ -16,9 +20,9 @@ Accepted person_id: the one rule of ``facecli.ids`` (shared by every source, sin
 Errors: only run-wide problems raise ``ConfigError`` (manifest unreadable or empty, header not
 UTF-8, no ``person_id`` or image column, a ``mapping``/``metadata_columns`` name that is not in the
 file). Everything row-level (bad bytes, wrong field count, bad id, missing or escaping image,
-duplicate row, conflicting name) becomes an ``INVALID_ROW`` problem with its 1-based physical line
-number (the CSV header is line 1) and the other rows are still read, because one typo in a
-50,000-row HR export must not cost the whole run.
+duplicate row, conflicting name, a JSON value of the wrong type) becomes an ``INVALID_ROW``
+problem with its 1-based physical line number (the CSV header is line 1) and the other rows are
+still read, because one typo in a 50,000-row HR export must not cost the whole run.
 """
 
 from __future__ import annotations
@@ -43,17 +47,43 @@ Lines = list[tuple[int, str]]  # (physical line number, text)
 Parsed = tuple[list[str], list[tuple[int, Record]]]  # (columns, (line, record) pairs)
 
 
-def _text(value: object) -> str:
-    """A cell as stripped text: JSON numbers/booleans as written, nested values as JSON."""
+class _WrongType(ValueError):
+    """A JSON value of the wrong type: its row becomes an INVALID_ROW problem (CSV cells are text)."""
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _string(name: str, value: object) -> str:
+    """A text cell, stripped ("" when absent); any other JSON type refuses the row."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value.strip()
+    if not isinstance(value, str):
+        raise _WrongType(f"{name} must be a string, got {_type_name(value)}")
+    return value.strip()
+
+
+def _scalar(name: str, value: object) -> str:
+    """A metadata cell: text, or a JSON number/boolean as written; objects and lists refuse the row."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict | list):
+        raise _WrongType(
+            f"{name} must be a string, number or boolean, got {_type_name(value)} (nested values are refused)")
+    return _string(name, value)
+
+
+def _person_id(value: object) -> tuple[str, str | None]:
+    """(the id, "" if not text; why it is refused or None): the one rule of facecli.ids, so a JSON
+    number is refused too (JSON numbers lose leading zeros; ids are compared as text everywhere)."""
+    pid = value.strip() if isinstance(value, str) else "" if value is None else value
+    why = validate_person_id(pid)
+    if why and isinstance(pid, int | float) and not isinstance(pid, bool):
+        why += f' (write it as a JSON string: "{pid}")'
+    return (pid if isinstance(pid, str) else ""), why
 
 
 def _decode_lines(data: bytes, where: str, problems: list[SourceProblem]) -> Lines:
@@ -202,11 +232,14 @@ def _resolve_columns(
 
 
 def _image_cells(image: object, images: object) -> list[str]:
-    cells = [_text(image)]
+    """The image paths of a row: ``image`` a string, ``images`` a ``;``-separated string or a list of strings."""
+    cells = [_string("image", image)]
     if isinstance(images, list):
-        cells += [_text(v) for v in images]
+        cells += [_string(f"images[{i}]", v) for i, v in enumerate(images)]
+    elif images is None or isinstance(images, str):
+        cells += _string("images", images).split(";")
     else:
-        cells += _text(images).split(";")
+        raise _WrongType(f"images must be a string or a list of strings, got {_type_name(images)}")
     return [c.strip() for c in cells if c.strip()]
 
 
@@ -300,17 +333,22 @@ def read_manifest(
         def problem(msg: str, p: str = at, pid: str | None = None) -> None:
             out.problems.append(SourceProblem(p, ReasonCode.INVALID_ROW, msg, person_id=pid, line=line))
 
-        pid = _text(cell(rec, "person_id"))
-        why = validate_person_id(pid)
+        pid, why = _person_id(cell(rec, "person_id"))
         if why:
             problem(why, pid=pid or None)
             continue
-        name = _text(cell(rec, "person_name"))
+        try:
+            name = _string("person_name", cell(rec, "person_name"))
+            cells = _image_cells(cell(rec, "image"), cell(rec, "images"))
+            meta = {k: v for k in meta_cols if (v := _scalar(k, cell(rec, k)))}
+            opt = {k: (_scalar(k, cell(rec, k)) or None) for k in OPTIONAL_FIELDS}
+        except _WrongType as exc:
+            problem(str(exc), pid=pid)
+            continue
         if name and pid in named and named[pid][0] != name:
             first_name, first_line = named[pid]
             problem(f"conflicting person_name {name!r} for {pid!r} (line {first_line} says {first_name!r})", pid=pid)
             continue
-        cells = _image_cells(cell(rec, "image"), cell(rec, "images"))
         if not cells:
             problem("missing image", pid=pid)
             continue
@@ -318,8 +356,6 @@ def read_manifest(
             named[pid] = (name, line)
         spec = specs.get(pid)
         if spec is None:
-            meta = {k: v for k in meta_cols if (v := _text(cell(rec, k)))}
-            opt = {k: (_text(cell(rec, k)) or None) for k in OPTIONAL_FIELDS}
             spec = specs[pid] = PersonSpec(person_id=pid, person_name=name or pid, metadata=meta, **opt)
         elif name and spec.person_name == pid:
             spec.person_name = name  # the first explicit name wins over the default

@@ -37,7 +37,8 @@ class SourceProblem:
 class Discovery:
     persons: list[PersonSpec] = field(default_factory=list)
     problems: list[SourceProblem] = field(default_factory=list)
-    #: Files passed over on purpose (not images, hidden, symlinks): counted and listed, not items.
+    #: Entries passed over on purpose (no image extension, symbolic links without --follow-symlinks,
+    #: folders without images, a second path to one file): counted and listed, not items.
     ignored: list[tuple[str, str]] = field(default_factory=list)
 
     @property

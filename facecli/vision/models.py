@@ -189,15 +189,15 @@ def file_status(path: Path, mf: ModelFile) -> str:
     return "present"
 
 
-def _missing_hint(spec: ModelSpec) -> str:
+def missing_hint(spec: ModelSpec) -> str:
     names = ", ".join(f.file for f in spec.files)
     fetch = spec.fetch_file
     # No square brackets here: the CLI prints hints as rich markup, which would eat "[extra]".
     extra = (f" (builds it locally: needs the {', '.join(fetch.build.requires)} package, i.e. facecli's "
              f"{fetch.build.extra} extra)") if fetch and fetch.build else ""
     return (
-        f"put {names} in a folder and set {MODELS_DIR_ENV} to it (tests use ../shared/models), "
-        f"or run `facecli models fetch {spec.name}`{extra} / `facecli models import DIR`"
+        f"run `facecli models fetch {spec.name}`{extra}, or offline `facecli models import DIR` (a folder "
+        f"holding {names}), or set {MODELS_DIR_ENV} to a folder that holds it"
     )
 
 
@@ -228,10 +228,34 @@ def resolve_model(name: str, path: str | Path | None = None, models_dir: str | P
     if corrupt:
         raise ModelError(
             f"model {name}: file(s) fail the sha256 check: {', '.join(map(str, corrupt))}",
-            hint=_missing_hint(spec),
+            hint=missing_hint(spec),
         )
-    searched = ", ".join(str(d) for d in search_dirs(models_dir))
-    raise ModelError(f"model {name} not found (searched {searched})", hint=_missing_hint(spec))
+    searched = ", ".join(dict.fromkeys(str(d) for d in search_dirs(models_dir)))
+    raise ModelError(f"model {name} not found (searched {searched})", hint=missing_hint(spec))
+
+
+def resolve_models(wanted: list[tuple[str, str | Path | None]],
+                   models_dir: str | Path | None = None) -> list[ResolvedModel]:
+    """Resolve several models at once; when any is missing or corrupt, one ModelError names every
+    one of them and the single command that fixes them all (not the first, then the next)."""
+    found: list[ResolvedModel] = []
+    problems: list[tuple[str, ModelError]] = []
+    for name, path in wanted:
+        try:
+            found.append(resolve_model(name, path, models_dir))
+        except ModelError as exc:
+            problems.append((name, exc))
+    if not problems:
+        return found
+    if len(problems) == 1:
+        raise problems[0][1]
+    names = [n for n, _ in problems]
+    files = ", ".join(f.file for n in names for f in REGISTRY[n].files[:1])
+    searched = ", ".join(dict.fromkeys(str(d) for d in search_dirs(models_dir)))
+    raise ModelError(f"models not found or corrupt: {', '.join(names)} (searched {searched})",
+                     hint=f"run `facecli models fetch` (downloads and verifies {', '.join(names)}), or offline "
+                          f"`facecli models import DIR` (a folder holding {files}), or set {MODELS_DIR_ENV} "
+                          "to a folder that holds them")
 
 
 # -- listing and verifying --------------------------------------------------------------------
@@ -239,7 +263,7 @@ def resolve_model(name: str, path: str | Path | None = None, models_dir: str | P
 DEFAULT_MODELS: tuple[str, ...] = (DEFAULT_DETECTOR, DEFAULT_RECOGNIZER)
 
 
-def _unique_dirs(dirs: list[Path]) -> list[Path]:
+def unique_dirs(dirs: list[Path]) -> list[Path]:
     seen: set[Path] = set()
     out: list[Path] = []
     for d in dirs:
@@ -275,7 +299,7 @@ class ModelEntry:
 
 def list_models(models_dir: str | Path | None = None) -> list[ModelEntry]:
     """Every registry file (registry order), with its status in the search dirs."""
-    dirs = _unique_dirs(search_dirs(models_dir))
+    dirs = unique_dirs(search_dirs(models_dir))
     entries: list[ModelEntry] = []
     for spec in REGISTRY.values():
         for mf in spec.files:
@@ -294,7 +318,7 @@ def list_models(models_dir: str | Path | None = None) -> list[ModelEntry]:
 def verify_models(models_dir: str | Path | None = None) -> list[ModelEntry]:
     """Re-hash every registry file found in every search dir (present or corrupt; never missing)."""
     out: list[ModelEntry] = []
-    for d in _unique_dirs(search_dirs(models_dir)):
+    for d in unique_dirs(search_dirs(models_dir)):
         for spec in REGISTRY.values():
             for mf in spec.files:
                 p = d / mf.file

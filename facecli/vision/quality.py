@@ -266,6 +266,40 @@ def gate_faces(faces: list[Face], width: int, height: int, t: Thresholds) -> Gat
     return GateResult(reasons, main, others, comparable, m, _faces_message(main, others, verdicts))
 
 
+def explain(reason: ReasonCode, m: dict[str, float], t: Thresholds, width: int | None = None,
+            height: int | None = None, main: Face | None = None) -> str:
+    """The measured value against its limit, for the report and the terminal: 'sharpness 4.7 <
+    20 (min_sharpness)'. '' for reasons whose message comes from elsewhere (MULTIPLE_FACES: the
+    gate's face list; NO_FACE needs none)."""
+    R = ReasonCode
+    if reason == R.IMAGE_TOO_SMALL and width is not None and height is not None:
+        return f"image {width}x{height} < {t.min_image_width}x{t.min_image_height} (min_image_width/height)"
+    if reason == R.NO_FACE:
+        return f"no face with detector score >= {t.detection_score:g} (detection_score)"
+    if reason == R.LOW_SHARPNESS and "sharpness" in m:
+        return f"sharpness {m['sharpness']:.1f} < {t.min_sharpness:g} (min_sharpness)"
+    if reason == R.LOW_BRIGHTNESS and "brightness" in m:
+        return f"brightness {m['brightness']:.0f} < {t.min_brightness:g} (min_brightness)"
+    if reason == R.OVEREXPOSED and "brightness" in m:
+        return f"brightness {m['brightness']:.0f} > {t.max_brightness:g} (max_brightness)"
+    if reason == R.LOW_CONFIDENCE and main is not None:
+        return f"face detector score {main.score:.2f} < {t.min_confidence:g} (min_confidence)"
+    if reason == R.FACE_TOO_SMALL and "face_size" in m:
+        if m["face_size"] < t.min_face_size:
+            return f"face {m['face_size']:.0f} px < {t.min_face_size:g} (min_face_size)"
+        return f"eye distance {m.get('eye_distance', 0):.0f} px < {t.min_eye_distance:g} (min_eye_distance)"
+    if reason == R.EXTREME_POSE and "yaw" in m:
+        over = [f"{k} {m[k]:+.0f} deg beyond +-{lim:g} (max_{k})" for k, lim in
+                (("yaw", t.max_yaw), ("pitch", t.max_pitch), ("roll", t.max_roll)) if abs(m.get(k, 0)) > lim]
+        return "; ".join(over)
+    if reason == R.FACE_TRUNCATED and "border" in m and "face_size" in m:
+        if t.min_border > 0 and m["border"] < t.min_border:
+            return f"face {m['border']:.0f} px from the image border < {t.min_border:g} (min_border)"
+        out = -m["border"] / max(m["face_size"], 1e-9)
+        return f"face box {out:.0%} outside the image > {t.max_outside:.0%} of its size (max_outside)"
+    return ""
+
+
 def gate_crop(measurements: dict[str, float], t: Thresholds) -> list[ReasonCode]:
     """Thresholds that need the aligned crop."""
     reasons: list[ReasonCode] = []

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from facecli.cli import common
-from facecli.cli.console import STATUS_STYLE, out, print_json, safe_text
+from facecli.cli.console import STATUS_STYLE, out, print_json, safe_text, shorten_path
 from facecli.cli.listing import check_format, iso_time, print_csv
 from facecli.config import Settings
 from facecli.errors import ConfigError
@@ -175,11 +175,12 @@ def show_run(run: dict[str, Any], items: list[dict[str, Any]], failed: bool = Fa
         return
     t = Table(title=f"{len(items)} {'rejected and failed ' if failed else ''}report line(s)", title_justify="left")
     for col in ("kind", "path", "person", "status", "reasons", "message"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col == "path")
     for i in items:
         st = str(i.get("status", ""))
         codes = ", ".join([*i.get("reasons", []), *(f"{w} (warn)" for w in i.get("warnings", []))])
-        t.add_row(safe_text(i.get("kind", "")), safe_text(i.get("path") or ""), safe_text(i.get("person_id") or ""),
+        t.add_row(safe_text(i.get("kind", "")), safe_text(shorten_path(i.get("path") or "", 28)),
+                  safe_text(i.get("person_id") or ""),
                   f"[{STATUS_STYLE[st]}]{safe_text(st)}[/]" if st in STATUS_STYLE else safe_text(st),
                   safe_text(codes), safe_text(i.get("message", ""), newlines=True))
     out.print(t)

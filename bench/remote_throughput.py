@@ -70,6 +70,14 @@ def start_server(db: Path, port: int, threads: int, workers: int) -> subprocess.
     raise SystemExit("facecli serve did not start within 60 s")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def payloads(spec: PayloadSpec, threads: int) -> tuple[list[PersonPayload], float]:
     checker = FaceChecker.open(CheckConfig(threads=threads, payload=spec))
     paths = sorted(PAIRS.glob("*.jpg"))
@@ -139,11 +147,7 @@ def main() -> None:
                     elapsed, retries = send(url, f"r{r}-b{batch}-c{conc}", persons, batch, conc)
                     times[label].append(elapsed)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     base = statistics.median(times[SETTINGS[0][0]])
     print(f"\nsending {n} persons to facecli serve on loopback (server: {args.server_threads} threads/model, "
           f"{args.inference_workers} inference workers; median of {args.repeat}; {os.cpu_count()} CPUs):")

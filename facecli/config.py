@@ -54,6 +54,8 @@ CONFIG_KEYS: dict[str, str] = {
     "duplicate_budget": "--duplicate-budget",
     "review_budget": "--review-budget",
     "duplicate_min_score": "--duplicate-min-score",
+    "match_threshold": "the 1:1 match score of `facecli compare` and the fixed search bar of a target without a score model (`facecli calibrate --write-config` writes it)",
+    "search_min_score": "a fixed bar for `facecli search` instead of the score model's (--min-score)",
     "api_key": "the API key of a remote target (--api-key)",
     "api_key_env": "the name of an environment variable holding the API key",
     "ca_bundle": "a CA bundle file for https:// targets",
@@ -90,12 +92,13 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("facecli")) / "config.toml"
 
 
-def load_config_file(path: str | Path | None = None) -> dict[str, Any]:
-    """The config file's table, or {} when there is none (an explicit path must exist)."""
+def load_config_file(path: str | Path | None = None, missing_ok: bool = False) -> dict[str, Any]:
+    """The config file's table, or {} when there is none (an explicit path must exist, unless
+    ``missing_ok``: a command that is about to write it)."""
     explicit = path or os.environ.get(CONFIG_ENV)
-    p = Path(explicit) if explicit else default_config_path()
+    p = config_path(path)
     if not p.exists():
-        if explicit:
+        if explicit and not missing_ok:
             raise ConfigError(f"config file not found: {p}")
         return {}
     try:
@@ -110,9 +113,10 @@ def load_config_file(path: str | Path | None = None) -> dict[str, Any]:
 class Settings:
     """Resolved settings for one command invocation."""
 
-    def __init__(self, flags: dict[str, Any] | None = None, config_path: str | Path | None = None) -> None:
+    def __init__(self, flags: dict[str, Any] | None = None, config_path: str | Path | None = None,
+                 missing_ok: bool = False) -> None:
         self.flags = {k: v for k, v in (flags or {}).items() if v is not None}
-        self.file = load_config_file(config_path)
+        self.file = load_config_file(config_path, missing_ok)
 
     def get(self, name: str, default: Any = None) -> Any:
         if name in self.flags:
@@ -157,3 +161,55 @@ class Settings:
         if not isinstance(table, dict):
             raise ConfigError("config: [thresholds] must be a table")
         return {**table, **cli_overrides}
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    """The config file a command reads: ``path``, else $FACECLI_CONFIG, else the default."""
+    explicit = path or os.environ.get(CONFIG_ENV)
+    return Path(explicit) if explicit else default_config_path()
+
+
+def write_config_values(values: dict[str, float | int | str | bool], path: str | Path | None = None) -> Path:
+    """Set top-level keys of the config file (created when absent), keeping every other line and
+    comment as it is: a key already set is replaced in place, a new one goes before the first
+    ``[table]``. The result is parsed back before it replaces the file (atomically)."""
+    unknown = [k for k in values if k not in CONFIG_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    p = config_path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines() if p.exists() else []
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    first_table = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    for key, value in values.items():
+        text = f"{key} = {_toml_value(value)}"
+        at = next((i for i in range(first_table) if lines[i].split("=", 1)[0].strip() == key), None)
+        if at is not None:
+            lines[at] = text
+        else:
+            lines.insert(first_table, text)
+            first_table += 1
+    body = "\n".join(lines) + "\n"
+    try:
+        parsed = tomllib.loads(body)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: cannot update the config file ({exc}); edit it by hand") from None
+    if any(parsed.get(k) != v for k, v in values.items()):
+        raise ConfigError(f"{p}: cannot update the config file; edit it by hand")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise ConfigError(f"cannot write config file {p}: {exc.strerror or exc}") from None
+    return p
+
+
+def _toml_value(value: float | int | str | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -8,6 +8,9 @@ error). Search scores come from an ``embed(jpeg) -> unit vector | None`` the tes
 real models), so a search finds the same person from another photo.
 
 Where APIS.md marks something as unclear (I), the fake picks one plausible behaviour and says so.
+The OpenCV FR cloud fake follows the vendor's SDK and OpenAPI document where they differ from
+APIS.md (tests/test_sdk_conformance.py drives it through the SDK); the Verifik and Persona fakes
+follow APIS.md only (no SDK or OpenAPI document of theirs is available to check against).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -105,26 +110,71 @@ class FakeBase:
 
 
 class FakeOpenCVFRCloud(FakeBase):
-    """x-api-key; 422 ``{"detail": [{loc, msg, type}]}``; other errors ``{code, message}``.
+    """OpenCV FR cloud, held to the vendor's own descriptions of the service: its Python SDK
+    (``opencv-face-recognition`` 1.1.1, whose schema classes parse every answer;
+    tests/test_sdk_conformance.py drives this fake through it) and its published OpenAPI document
+    (https://us.opencv.fr/openapi.json, "OpenCV Face Recognition" 2026.07.15, read by hand: the
+    field limits below). Where APIS.md differs, those win.
 
-    (I) choices: a POST /person with an id that exists answers 409 ERR_ALREADY_EXISTS; 401 without
-    a key, 403 with a wrong one; 429 carries ``retry-after``."""
+    - A collection is ``{id (a 36-character UUID), name (1..50), description (null or 0..100),
+      count (persons in it), create_date, modified_date}``; ``GET /collections?skip&take(<=100)&order
+      &search`` -> ``{count, collections}``; ``GET|DELETE /collection/{id}``; ``PATCH /collection
+      {id, name?, description?}``; ``PATCH /collection/persons {collection_id, new_person_ids,
+      removed_person_ids}`` echoes them.
+    - A person is ``{id (1..100), name (null or 1..100), gender (M|F|null), date_of_birth
+      (YYYY-MM-DD|null), nationality, notes (null or 0..500), collections: [collection objects],
+      thumbnails: [{id, thumbnail: base64 JPEG}], create_date, modified_date}``. It is *sent* with
+      ``collections`` as ids, 1..3 ``images`` and ``"id": null`` (or no id) for a server-made one;
+      ``name`` is optional. ``PATCH /person`` carries the id and only the fields to change
+      (``images`` replaces the faces). ``GET /persons?skip&take(<=100)&order&order_by&search`` ->
+      ``{count, persons}``; ``DELETE /person/{id}`` -> ``{id}``; ``PATCH /persons {action:
+      "DELETE", person_ids}`` -> ``[{id}]``.
+    - ``POST /search {images (1..3), collection_id (null: every person), min_score (0..1, default
+      0.81), max_results (1..500, default 10), search_mode (FAST|ACCURATE)}`` -> 200
+      ``[{...person, score}]``, best first. Creates answer 201, everything else 200.
+    - Errors: 422 ``{"detail": [{loc, msg, type}]}`` (the only one the OpenAPI document lists);
+      every other one ``{code, message}`` (the SDK reads both keys); ``retry-after`` on 429 is whole
+      seconds (the SDK does ``int()`` on it).
+
+    Assumptions (neither the SDK nor the OpenAPI document pins them down): the status and code of
+    the other errors (borrowed from the Server: 401 ERR_API_KEY_NOT_PRESENT without a key, 403
+    ERR_API_KEY_NOT_VALID with a wrong one, 404 ERR_NOT_FOUND, 409 ERR_ALREADY_EXISTS for a create
+    with an id that exists, 429 ERR_TOO_MANY_REQUESTS); the ``type``/``msg`` wording inside 422
+    details (the image checks' types are the fake's own); dates carry a UTC offset; a server-made
+    person id is a UUID; an unknown collection id inside a person is a 422 and in a search a 404; a
+    probe without a face finds nobody (200 ``[]``); ``search`` matches person names and collection
+    names or descriptions, case-insensitively, as substrings; collections list in creation order;
+    collection names need not be unique; deleting a collection keeps its persons; thumbnails are
+    the images shrunk to at most 160 px."""
 
     def __init__(self, api_key: str, embed: Embed | None = None) -> None:
         super().__init__(embed)
+        self.retry_after = "1"
         self.api_key = api_key
         self.collections: dict[str, dict[str, Any]] = {}
-        self.persons: dict[str, dict[str, Any]] = {}
+        self.persons: dict[str, dict[str, Any]] = {}  # collections as ids, plus the stored image count (faces)
         self.images: dict[str, list[bytes]] = {}
+        self.thumbs: dict[str, list[dict[str, str]]] = {}
         self.app = Starlette(routes=[
             Route("/collections", self.list_collections, methods=["GET"]),
             Route("/collection", self.create_collection, methods=["POST"]),
+            Route("/collection", self.update_collection, methods=["PATCH"]),
+            Route("/collection/persons", self.collection_persons, methods=["PATCH"]),
+            Route("/collection/{cid:path}", self.get_collection, methods=["GET"]),
+            Route("/collection/{cid:path}", self.delete_collection, methods=["DELETE"]),
             Route("/person/{pid:path}", self.get_person, methods=["GET"]),
+            Route("/person/{pid:path}", self.delete_person, methods=["DELETE"]),
             Route("/person", self.post_person, methods=["POST"]),
             Route("/person", self.patch_person, methods=["PATCH"]),
             Route("/persons", self.list_persons, methods=["GET"]),
+            Route("/persons", self.bulk_persons, methods=["PATCH"]),
             Route("/search", self.search, methods=["POST"]),
-        ])
+        ], exception_handlers={404: self._no_route, 405: self._no_route})
+
+    def throttle(self, n: int, retry_after: str = "1") -> None:
+        if not retry_after.isdigit():
+            raise ValueError(f"retry-after {retry_after!r}: the SDK reads whole seconds (int())")
+        super().throttle(n, retry_after)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -141,39 +191,171 @@ class FakeOpenCVFRCloud(FakeBase):
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _invalid(*details: tuple[list[Any], str, str]) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body", *loc], "msg": msg, "type": typ} for loc, msg, typ in details]}, 422)
+    async def _no_route(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return JSONResponse({"code": "ERR_NOT_FOUND" if status == 404 else "ERR_METHOD_NOT_ALLOWED",
+                             "message": f"{request.method} {request.url.path}: no such route"}, status)
+
+    @staticmethod
+    def _invalid(*details: tuple[list[Any], str, str], where: str = "body") -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": [where, *loc], "msg": msg, "type": typ}
+                                        for loc, msg, typ in details]}, 422)
+
+    @staticmethod
+    def _not_found(what: str) -> JSONResponse:
+        return JSONResponse({"code": "ERR_NOT_FOUND", "message": f"{what} not found"}, 404)
+
+    @staticmethod
+    def _text(errs: list[tuple[list[Any], str, str]], body: dict[str, Any], key: str, lo: int, hi: int,
+              required: bool = False) -> None:
+        """The OpenAPI document's string fields: ``str`` of lo..hi characters, or null unless required."""
+        v = body.get(key)
+        if v is None:
+            if required:
+                errs.append(([key], "field required", "value_error.missing"))
+        elif not isinstance(v, str):
+            errs.append(([key], "str type expected", "type_error.str"))
+        elif not lo <= len(v) <= hi:
+            errs.append(([key], f"ensure this value has {lo} to {hi} characters", "value_error.any_str.length"))
+
+    # -- answers in the SDK's shapes ------------------------------------------------------------
+
+    def collection_out(self, cid: str) -> dict[str, Any]:
+        c = self.collections[cid]
+        return c | {"count": sum(cid in p["collections"] for p in self.persons.values())}
+
+    def person_out(self, pid: str) -> dict[str, Any]:
+        p = self.persons[pid]
+        return {"id": pid, "name": p.get("name"), "gender": p.get("gender"), "date_of_birth": p.get("date_of_birth"),
+                "nationality": p.get("nationality"), "notes": p.get("notes"),
+                "collections": [self.collection_out(c) for c in p["collections"] if c in self.collections],
+                "thumbnails": self.thumbs.get(pid, []), "create_date": p["create_date"],
+                "modified_date": p["modified_date"]}
+
+    def _page(self, rows: list[Any], q: Any, key: Callable[[Any], Any]) -> list[Any] | JSONResponse:
+        try:
+            skip, take = int(q.get("skip", 0)), int(q.get("take", 20))
+        except ValueError:
+            return self._invalid((["skip"], "value is not a valid integer", "type_error.integer"), where="query")
+        if skip < 0 or not 0 <= take <= 100:
+            return self._invalid((["take"], "skip >= 0 and take 0..100", "value_error.number"), where="query")
+        if q.get("order", "ASC") not in ("ASC", "DESC"):
+            return self._invalid((["order"], "unexpected value; permitted: 'ASC', 'DESC'", "type_error.enum"),
+                                 where="query")
+        return sorted(rows, key=key, reverse=q.get("order") == "DESC")[skip:skip + take]
+
+    # -- collections ----------------------------------------------------------------------------
 
     async def list_collections(self, request: Request) -> Response:
         q = request.query_params
-        rows = [c for c in self.collections.values() if q.get("search", "") in c["name"]]
-        skip, take = int(q.get("skip", 0)), int(q.get("take", 20))
-        return JSONResponse({"count": len(rows), "collections": rows[skip:skip + take]})
+        s = q.get("search", "").lower()
+        ids = [cid for cid, c in self.collections.items()
+               if s in c["name"].lower() or s in (c.get("description") or "").lower()]
+        order = {cid: i for i, cid in enumerate(self.collections)}
+        page = self._page(ids, q, key=order.__getitem__)
+        if isinstance(page, Response):
+            return page
+        return JSONResponse({"count": len(ids), "collections": [self.collection_out(c) for c in page]})
+
+    def _collection_fields(self, body: Any, create: bool) -> JSONResponse | None:
+        if not isinstance(body, dict):
+            return self._invalid(([], "value is not a valid dict", "type_error.dict"))
+        errs: list[tuple[list[Any], str, str]] = []
+        if not create:
+            self._text(errs, body, "id", 36, 36, required=True)
+        self._text(errs, body, "name", 1, 50, required=create)
+        self._text(errs, body, "description", 0, 100)
+        return self._invalid(*errs) if errs else None
 
     async def create_collection(self, request: Request) -> Response:
         body = await _json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
-            return self._invalid((["name"], "field required", "value_error.missing"))
-        cid = f"col-{next(self.seq)}"
-        self.collections[cid] = {"id": cid, "name": body["name"], "description": body.get("description") or ""}
-        return JSONResponse(self.collections[cid], 201)
+        bad = self._collection_fields(body, create=True)
+        if bad:
+            return bad
+        cid, now = str(uuid.uuid4()), _now()
+        self.collections[cid] = {"id": cid, "name": body["name"], "description": body.get("description"),
+                                 "create_date": now, "modified_date": now}
+        return JSONResponse(self.collection_out(cid), 201)
+
+    async def update_collection(self, request: Request) -> Response:
+        body = await _json_body(request)
+        bad = self._collection_fields(body, create=False)
+        if bad:
+            return bad
+        c = self.collections.get(body["id"])
+        if c is None:
+            return self._not_found("collection")
+        if body.get("name") is not None:  # null: unchanged (name is required on a collection)
+            c["name"] = body["name"]
+        if "description" in body:
+            c["description"] = body["description"]
+        c["modified_date"] = _now()  # the dates and count the SDK echoes back are read-only
+        return JSONResponse(self.collection_out(body["id"]))
+
+    async def get_collection(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        return JSONResponse(self.collection_out(cid)) if cid in self.collections else self._not_found("collection")
+
+    async def delete_collection(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        if cid not in self.collections:
+            return self._not_found("collection")
+        del self.collections[cid]
+        for p in self.persons.values():  # its persons stay, outside it
+            p["collections"] = [c for c in p["collections"] if c != cid]
+        return JSONResponse({"id": cid})
+
+    async def collection_persons(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return self._invalid(([], "value is not a valid dict", "type_error.dict"))
+        errs: list[tuple[list[Any], str, str]] = []
+        self._text(errs, body, "collection_id", 36, 36, required=True)
+        add, remove = body.get("new_person_ids") or [], body.get("removed_person_ids") or []
+        if not isinstance(add, list) or not isinstance(remove, list):
+            errs.append((["new_person_ids"], "value is not a valid list", "type_error.list"))
+        if errs:
+            return self._invalid(*errs)
+        cid = body["collection_id"]
+        if cid not in self.collections:
+            return self._not_found("collection")
+        if any(pid not in self.persons for pid in [*add, *remove]):
+            return self._not_found("person")
+        for pid in add:
+            if cid not in self.persons[pid]["collections"]:
+                self.persons[pid]["collections"].append(cid)
+        for pid in remove:
+            self.persons[pid]["collections"] = [c for c in self.persons[pid]["collections"] if c != cid]
+        return JSONResponse({"collection_id": cid, "new_person_ids": add, "removed_person_ids": remove})
+
+    # -- persons --------------------------------------------------------------------------------
 
     async def get_person(self, request: Request) -> Response:
-        p = self.persons.get(request.path_params["pid"])
-        if p is None:
-            return JSONResponse({"code": "ERR_NOT_FOUND", "message": "person not found"}, 404)
-        return JSONResponse(p)
+        pid = request.path_params["pid"]
+        return JSONResponse(self.person_out(pid)) if pid in self.persons else self._not_found("person")
+
+    async def delete_person(self, request: Request) -> Response:
+        pid = request.path_params["pid"]
+        if pid not in self.persons:
+            return self._not_found("person")
+        self._drop(pid)
+        return JSONResponse({"id": pid})
+
+    def _drop(self, pid: str) -> None:
+        for d in (self.persons, self.images, self.thumbs):
+            d.pop(pid, None)
 
     def _validate(self, body: Any, partial: bool) -> tuple[JSONResponse | None, list[bytes] | None]:
         if not isinstance(body, dict):
             return self._invalid(([], "value is not a valid dict", "type_error.dict")), None
         errs: list[tuple[list[Any], str, str]] = []
-        if not isinstance(body.get("id"), str) or not body.get("id"):
-            errs.append((["id"], "field required", "value_error.missing"))
-        if not partial and not isinstance(body.get("name"), str):
-            errs.append((["name"], "field required", "value_error.missing"))
+        self._text(errs, body, "id", 1, 100, required=partial)  # null on create: the server makes one
+        self._text(errs, body, "name", 1, 100)
+        if not isinstance(body.get("nationality"), (str, type(None))):  # no length published
+            errs.append((["nationality"], "str type expected", "type_error.str"))
+        self._text(errs, body, "notes", 0, 500)
         images = None
-        if "images" in body or not partial:
+        if body.get("images") is not None or not partial:
             imgs = body.get("images")
             if not isinstance(imgs, list) or not 1 <= len(imgs) <= 3:
                 errs.append((["images"], "ensure this value has 1 to 3 items", "value_error.list.size"))
@@ -197,30 +379,35 @@ class FakeOpenCVFRCloud(FakeBase):
         cols = body.get("collections")
         if cols is not None and (not isinstance(cols, list) or any(c not in self.collections for c in cols)):
             errs.append((["collections"], "unknown collection id", "value_error.collection"))
+        if body.get("is_bulk_insert") not in (None, True, False):
+            errs.append((["is_bulk_insert"], "value could not be parsed to a boolean", "type_error.bool"))
         if isinstance(body.get("name"), str) and body["name"] in self.reject:
             errs.append((["images", 0], "no face detected", "value_error.no_face"))
         return (self._invalid(*errs) if errs else None), images
 
-    def _store(self, body: dict[str, Any], images: list[bytes] | None, old: dict[str, Any] | None) -> dict[str, Any]:
-        p = dict(old or {"create_date": time.time()})
-        for k in ("id", "name", "gender", "date_of_birth", "nationality", "collections", "notes"):
+    def _store(self, pid: str, body: dict[str, Any], images: list[bytes] | None, old: dict[str, Any] | None) -> None:
+        now = _now()
+        p = dict(old or {"id": pid, "collections": [], "create_date": now})
+        for k in ("name", "gender", "date_of_birth", "nationality", "collections", "notes"):
             if k in body:
-                p[k] = body[k]
-        p["modified_date"] = time.time()
+                p[k] = list(body[k] or []) if k == "collections" else body[k]
+        p["modified_date"] = now
         if images is not None:
-            self.images[p["id"]] = images
-        p["faces"] = len(self.images.get(p["id"], []))
-        self.persons[p["id"]] = p
-        return p
+            self.images[pid] = images
+            self.thumbs[pid] = [{"id": f"thumb-{next(self.seq)}", "thumbnail": _thumbnail(img)} for img in images]
+        p["faces"] = len(self.images.get(pid, []))
+        self.persons[pid] = p
 
     async def post_person(self, request: Request) -> Response:
         body = await _json_body(request)
         bad, images = self._validate(body, partial=False)
         if bad:
             return bad
-        if body["id"] in self.persons:
+        pid = body.get("id") or str(uuid.uuid4())
+        if pid in self.persons:
             return JSONResponse({"code": "ERR_ALREADY_EXISTS", "message": "a person with this id exists"}, 409)
-        return JSONResponse(self._store(body, images, None), 201)
+        self._store(pid, body, images, None)
+        return JSONResponse(self.person_out(pid), 201)
 
     async def patch_person(self, request: Request) -> Response:
         body = await _json_body(request)
@@ -229,26 +416,79 @@ class FakeOpenCVFRCloud(FakeBase):
             return bad
         old = self.persons.get(body["id"])
         if old is None:
-            return JSONResponse({"code": "ERR_NOT_FOUND", "message": "person not found"}, 404)
-        return JSONResponse(self._store(body, images, old))
+            return self._not_found("person")
+        self._store(body["id"], body, images, old)
+        return JSONResponse(self.person_out(body["id"]))
 
     async def list_persons(self, request: Request) -> Response:
-        rows = list(self.persons.values())
-        return JSONResponse({"count": len(rows), "persons": rows})
+        q = request.query_params
+        s = q.get("search", "").lower()
+        ids = [pid for pid, p in self.persons.items() if s in (p.get("name") or "").lower()]
+        field = q.get("order_by", "name")
+        if field not in ("name", "date_of_birth", "gender", "nationality", "modified_date", "create_date"):
+            return self._invalid((["order_by"], "unexpected value", "type_error.enum"), where="query")
+        order = {pid: i for i, pid in enumerate(self.persons)}
+        page = self._page(ids, q, key=lambda pid: (self.persons[pid].get(field) or "", order[pid]))
+        if isinstance(page, Response):
+            return page
+        return JSONResponse({"count": len(ids), "persons": [self.person_out(p) for p in page]})
+
+    async def bulk_persons(self, request: Request) -> Response:
+        body = await _json_body(request)
+        ids = body.get("person_ids") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or body.get("action") != "DELETE":
+            return self._invalid((["action"], "unexpected value; permitted: 'DELETE'", "type_error.enum"))
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return self._invalid((["person_ids"], "a non-empty list of ids", "value_error.list"))
+        done = [pid for pid in ids if pid in self.persons]
+        for pid in done:
+            self._drop(pid)
+        return JSONResponse([{"id": pid} for pid in done])
+
+    # -- search ---------------------------------------------------------------------------------
 
     async def search(self, request: Request) -> Response:
         body = await _json_body(request)
-        imgs = body.get("images") if isinstance(body, dict) else None
-        if not isinstance(imgs, list) or not 1 <= len(imgs) <= 3 or body.get("collection_id") not in self.collections:
-            return self._invalid((["images"], "1 to 3 images and a known collection_id", "value_error"))
+        if not isinstance(body, dict):
+            return self._invalid(([], "value is not a valid dict", "type_error.dict"))
+        imgs, cid = body.get("images"), body.get("collection_id")
+        min_score = 0.81 if body.get("min_score") is None else body["min_score"]
+        max_results = 10 if body.get("max_results") is None else body["max_results"]
+        errs: list[tuple[list[Any], str, str]] = []
+        if not isinstance(imgs, list) or not 1 <= len(imgs) <= 3 or any(b64(i) is None for i in imgs):
+            errs.append((["images"], "1 to 3 base64 images", "value_error.list.size"))
+        self._text(errs, body, "collection_id", 36, 36)
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+            errs.append((["min_score"], "a number from 0 to 1", "value_error.number"))
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= 500:
+            errs.append((["max_results"], "an integer from 1 to 500", "value_error.number"))
+        if body.get("search_mode") not in (None, "FAST", "ACCURATE"):
+            errs.append((["search_mode"], "unexpected value; permitted: 'ACCURATE', 'FAST'", "type_error.enum"))
+        if errs:
+            return self._invalid(*errs)
+        if cid is not None and cid not in self.collections:
+            return self._not_found("collection")
         probe = b64(imgs[0]) or b""
         out = []
         for pid, p in self.persons.items():
-            if body["collection_id"] in (p.get("collections") or []):
+            if cid is None or cid in p["collections"]:
                 score = self._score(probe, self.images.get(pid, []))
-                if score is not None and score >= float(body.get("min_score", 0.7)):
-                    out.append(p | {"score": score})
-        return JSONResponse(sorted(out, key=lambda r: -r["score"]))
+                if score is not None and score >= float(min_score):
+                    out.append(self.person_out(pid) | {"score": score})
+        return JSONResponse(sorted(out, key=lambda r: -r["score"])[:max_results])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _thumbnail(data: bytes, side: int = 160) -> str:
+    with Image.open(io.BytesIO(data)) as img:
+        small = img.convert("RGB")
+        small.thumbnail((side, side))
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------

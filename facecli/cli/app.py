@@ -9,7 +9,9 @@ import typer
 
 from facecli import __version__
 from facecli.cli import cache as cache_cmd
+from facecli.cli import calibrate as calibrate_cmd
 from facecli.cli import check as check_cmd
+from facecli.cli import compare as compare_cmd
 from facecli.cli import enroll as enroll_cmd
 from facecli.cli import gallery
 from facecli.cli import models as models_cmd
@@ -50,6 +52,8 @@ def root(
 app.command("check", help=check_cmd.HELP)(check_cmd.check)
 app.command("enroll", help=enroll_cmd.HELP)(enroll_cmd.enroll)
 app.command("search", help=search_cmd.HELP)(search_cmd.search)
+app.command("compare", help=compare_cmd.HELP)(compare_cmd.compare)
+app.command("calibrate", help=calibrate_cmd.HELP)(calibrate_cmd.calibrate)
 app.command("serve", help=serve_cmd.HELP)(serve_cmd.serve)
 app.add_typer(gallery.collections_app, name="collections")
 app.add_typer(gallery.persons_app, name="persons")

@@ -12,6 +12,7 @@ from facecli.cli.console import RichProgress, print_json, summary_tables
 from facecli.config import Settings
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import run_check
+from facecli.pipeline.executor import Shard, open_executor
 from facecli.pipeline.report import RunSummary, check_report_path, open_report
 
 HELP = """Check photos without sending anything: decode, detect, the exactly-one-usable-face gate, embed.
@@ -53,6 +54,9 @@ def check(
     journal: Path = common.JournalOpt,
     no_journal: bool = common.NoJournalOpt,
     no_cache: bool = NoCacheOpt,
+    executor: common.ExecutorName = common.ExecutorOpt,
+    ray_address: str = common.RayAddressOpt,
+    shard: str = common.ShardOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     summary = RunSummary(command="check")
@@ -69,20 +73,30 @@ def check(
                                      duplicate_budget, review_budget, duplicate_min_score)
         cfg = common.build_check_config(settings, threshold, max_megapixels)
         discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
+        part = Shard.parse(shard) if shard else None
+        if part:
+            discovery = part.select(discovery)
+            if settings.get("journal") is None:  # each shard its own ledger, unless one is named
+                settings.flags["journal"] = str(part.journal_path())
         checker = FaceChecker.open(cfg)
         writer = open_report(report) if report else None
         progress = RichProgress(enabled=not (quiet or json_out))
         ledger = common.open_journal(settings, no_journal)
         apply_no_cache(ledger, settings, no_cache)
+        exe = None
         try:
+            exe = open_executor(executor, checker, ray_address)
             with common.GracefulStop() as stop:
                 result = run_check(discovery, checker, report=writer, progress=progress, policy=policy,
-                                   summary=summary, journal=ledger, stop=stop.event, fail_fast=fail_fast)
+                                   summary=summary, journal=ledger, stop=stop.event, fail_fast=fail_fast,
+                                   executor=exe, keep_items=False)
         finally:
+            if exe:
+                exe.close()
             if ledger:
                 ledger.close()
     if json_out:
-        print_json(result.summary.to_json())
+        print_json(result.summary.to_json() | ({"shard": str(part)} if part else {}))
     elif not quiet:
         summary_tables(result.summary, result.items, show, result.persons)
     raise typer.Exit(int(common.exit_code_for(result.summary, limit)))

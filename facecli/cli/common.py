@@ -17,6 +17,7 @@ from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, FacecliError
 from facecli.imaging.decode import DecodeLimits
 from facecli.pipeline.check import MULTI_FACE_MODES, CheckConfig, MultiFace
+from facecli.pipeline.executor import EXECUTORS
 from facecli.pipeline.persons import POLICIES
 from facecli.sinks.base import FACE_STORAGE_TYPES
 from facecli.vision.quality import PRESETS, thresholds_for
@@ -103,6 +104,7 @@ Device = Literal[DEVICES]
 FaceStorageType = Literal[FACE_STORAGE_TYPES]
 PAYLOAD_KINDS = ("face", "full")
 PayloadKind = Literal[PAYLOAD_KINDS]
+ExecutorName = Literal[EXECUTORS]
 
 # Reusable option declarations, so every command spells them the same way.
 ReportOpt = typer.Option(None, "--report", help="Write one line per image (and per person): FILE.jsonl (or .json) JSON Lines, .csv CSV, .xml JUnit XML; checked before any work.", dir_okay=False, writable=True)
@@ -118,6 +120,9 @@ DeviceOpt = typer.Option(None, "--device", show_default=False, help="Where the m
 ConfigOpt = typer.Option(None, "--config", help="TOML config file (default $FACECLI_CONFIG or the user config dir).", dir_okay=False)
 FollowOpt = typer.Option(False, "--follow-symlinks", help="Follow symbolic links while discovering photos.")
 ShowOpt = typer.Option(20, "--show", help="How many problem items to list after the summary (0: none).", min=0)
+ExecutorOpt = typer.Option("local", "--executor", help="Where photos are checked (decode, detect, embed): local (threads in this process) or ray (Ray Data actors on a Ray cluster, reading the photos from the same paths: shared storage; pip install 'facecli[ray]'). Per-person checks, the ledger and the target stay here (README, 'Large runs').")
+RayAddressOpt = typer.Option(None, "--ray-address", metavar="ADDRESS", show_default=False, help="The Ray cluster for --executor ray, e.g. ray://head:10001 or auto (default $RAY_ADDRESS, else a local Ray on this machine's cores).")
+ShardOpt = typer.Option(None, "--shard", metavar="I/N", show_default=False, help="Only shard I of N (0 <= I < N): the persons whose id's sha256 is I modulo N, the same split on every machine. Run the N shards as separate jobs against one target; each keeps its own ledger (the default ledger gets a .shard-I-of-N suffix).")
 MultiFaceOpt = typer.Option(None, "--multi-face", metavar=f"[{'|'.join(MULTI_FACE_MODES)}]", case_sensitive=False, show_default=False, help="When another face competes with the main one: reject the photo (MULTIPLE_FACES; default, or config key multi_face), or keep the largest face and accept it with MULTIPLE_FACES as a warning, the other faces listed in the report.")
 
 

@@ -15,6 +15,7 @@ from facecli.engine.pg import mask_url
 from facecli.imaging.encode import PayloadSpec
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import EnrollOptions, run_enroll
+from facecli.pipeline.executor import Shard, open_executor
 from facecli.pipeline.report import RunSummary, check_report_path, open_report
 from facecli.sinks.base import FACE_STORAGE_TYPES
 from facecli.sinks.factory import open_sink
@@ -75,6 +76,9 @@ def enroll(
     journal: Path = common.JournalOpt,
     no_journal: bool = common.NoJournalOpt,
     no_cache: bool = NoCacheOpt,
+    executor: common.ExecutorName = common.ExecutorOpt,
+    ray_address: str = common.RayAddressOpt,
+    shard: str = common.ShardOpt,
     config: Path = common.ConfigOpt,
 ) -> None:
     summary = RunSummary(command="enroll", collection=collection)
@@ -95,7 +99,12 @@ def enroll(
         policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
                                      duplicate_budget, review_budget, duplicate_min_score)
         discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
-        ledger = None
+        part = Shard.parse(shard) if shard else None
+        if part:
+            discovery = part.select(discovery)
+            if settings.get("journal") is None:  # each shard its own ledger, unless one is named
+                settings.flags["journal"] = str(part.journal_path())
+        ledger = exe = None
         payload_spec = common.payload_spec(payload, max_image_bytes)
         sink = open_sink(target, db_path, writer=not dry_run, create=True, wait=not no_wait,
                          face_storage_type=face_storage_type,
@@ -121,18 +130,22 @@ def enroll(
             progress = RichProgress(enabled=not (quiet or json_out), label="checking", summary=summary)
             options = EnrollOptions(collection=coll, create_collection=create_collection, batch_size=batch_size * fan,
                                     max_batch_bytes=(max_batch_bytes or EnrollOptions.max_batch_bytes) * fan,
-                                    dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast)
+                                    dry_run=dry_run, force=force, retry_failed=retry_failed, fail_fast=fail_fast,
+                                    first_batch_size=batch_size)  # the first person need not wait for `fan` requests
             ledger = common.open_journal(settings, no_journal, create=not dry_run)  # a dry run only reads it
             apply_no_cache(ledger, settings, no_cache)
+            exe = open_executor(executor, checker, ray_address)
             with common.GracefulStop() as stop:
                 result = run_enroll(discovery, checker, sink, options, report=writer, progress=progress, policy=policy,
-                                    summary=summary, journal=ledger, stop=stop.event)
+                                    summary=summary, journal=ledger, stop=stop.event, executor=exe, keep_items=False)
         finally:
+            if exe:
+                exe.close()
             sink.close()
             if ledger:
                 ledger.close()
     if json_out:
-        print_json(result.summary.to_json() | {"dry_run": dry_run})
+        print_json(result.summary.to_json() | {"dry_run": dry_run} | ({"shard": str(part)} if part else {}))
     elif not quiet:
         summary_tables(result.summary, result.items, show, result.persons)
         if dry_run:

@@ -16,8 +16,10 @@ from facecli.cli.console import err, out, print_json, safe_text
 from facecli.cli.listing import check_format, columns_of, print_csv, time_value
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode, TargetError
+from facecli.pipeline.gallery_stats import DEFAULT_SAMPLE, gallery_stats, this_recognizer
 from facecli.sinks.base import check_collection_name
 from facecli.sinks.factory import open_sink
+from facecli.vision.scores import SEARCH_BUDGET
 
 collections_app = typer.Typer(help="List, create, delete and copy collections on the target.", no_args_is_help=True)
 persons_app = typer.Typer(help="List, show and delete enrolled persons.", no_args_is_help=True)
@@ -103,6 +105,73 @@ def collections_delete(name: str = typer.Argument(..., help="The collection to d
         sink.close()
     forgot = forget_deleted(journal, config, getattr(sink, "target", ""), name)  # its cached face crops too
     out.print(f"deleted collection {safe_text(name)}{forgot}")
+
+
+STATS_HELP = """What a collection holds, and how close its own people come to each other.
+
+Persons; faces per person (min / median / max); the recognizer whose scores the target gives and
+its fingerprint (sha256); the search bar the score model sets for the collection's size; and the
+gallery's own different-person tail: for each face (all, or a --sample of them), the score of the
+nearest face of another person -- what a search for that person sees as the runner-up -- as
+p50 / p90 / p99 / max, the share above the search bar beside the share the score model expects,
+and the closest pairs of persons (look-alikes, or one person enrolled twice). The tail needs the
+embeddings: the local engine and PostgreSQL; a server gives counts only (says so)."""
+
+
+@collections_app.command("stats", help=STATS_HELP)
+@common.fatal_errors
+def collections_stats(name: str = typer.Argument(..., help="The collection."), to: str = common.ToOpt,
+                      db: Path = common.DbOpt,
+                      sample: int = typer.Option(DEFAULT_SAMPLE, "--sample", min=1, help="Measure the nearest other person of at most this many faces (a random sample beyond it; all of a smaller gallery)."),
+                      max_false_match: float = typer.Option(SEARCH_BUDGET, "--max-false-match", min=1e-9, max=0.5, help="The search budget whose bar is shown (as `facecli search --max-false-match`)."),
+                      json_out: bool = common.JsonOpt, models_dir: Path = common.ModelsDirOpt,
+                      config: Path = common.ConfigOpt, api_key: str = common.ApiKeyOpt,
+                      insecure: bool = common.InsecureOpt) -> None:
+    check_collection_name(name)
+    sink, _ = _gallery(to, db, None, config, api_key=api_key, insecure=insecure)
+    settings = Settings({"models_dir": models_dir}, config_path=config)
+    try:
+        sink.ensure_collection(name, create=False)
+        stats = gallery_stats(sink, name, this_recognizer(settings.get("models_dir")), sample=sample,
+                              budget=max_false_match)
+    finally:
+        sink.close()
+    if json_out:
+        print_json(stats.to_json())
+        return
+    _print_stats(stats)
+
+
+def _print_stats(s) -> None:
+    out.print(f"[bold]{safe_text(s.collection)}[/] on {safe_text(s.target)}: "
+              f"{'?' if s.persons is None else f'{s.persons:,}'} person(s), {'?' if s.faces is None else f'{s.faces:,}'} face(s)")
+    if s.faces_per_person:
+        f = s.faces_per_person
+        out.print(f"faces per person: min {f['min']}, median {f['median']:g}, max {f['max']} (mean {f['mean']:g})")
+    m = s.model
+    out.print(f"recognizer: {safe_text(m['recognizer'])} (sha256 {m['sha256'][:12]}...); the target's scores: "
+              + ("this recognizer's cosines" if m["same_scores"] else "its own scale")
+              + ("" if m["target_fingerprint"] in (None, "local") else f" (fingerprint {safe_text(str(m['target_fingerprint'])[:12])}...)"))
+    if s.search_bar:
+        b = s.search_bar
+        out.print(f"search bar for {b['gallery']:,} {b['unit']}: [bold]{b['threshold']:.4f}[/] (a person who is not enrolled "
+                  f"matches anyone with probability <= {b['budget']:g})")
+    if s.tail:
+        t = s.tail
+        out.print(f"nearest other person, {t['faces_measured']:,} face(s){' (sampled)' if t['sampled'] else ''}: "
+                  f"p50 {t['p50']:.4f}, p90 {t['p90']:.4f}, p99 {t['p99']:.4f}, max {t['max']:.4f}")
+        if "above_bar" in t:
+            out.print(f"above the search bar: {t['above_bar']:.2%} of faces (the score model expects {t['expected_above_bar']:.2%})")
+    if s.closest_pairs:
+        tbl = Table(title="closest pairs of persons", title_justify="left")
+        for col in ("person_a", "person_b", "score", "above the search bar"):
+            tbl.add_column(col)
+        for p in s.closest_pairs:
+            tbl.add_row(safe_text(p["person_a"]), safe_text(p["person_b"]), f"{p['score']:.4f}",
+                        {True: "[yellow]yes[/]", False: "no", None: ""}[p.get("above_search_bar")])
+        out.print(tbl)
+    for note in s.notes:
+        out.print(f"[dim]{safe_text(note)}[/]")
 
 
 COPY_HELP = """Copy collections between engines: the embedded SQLite one and PostgreSQL + pgvector.

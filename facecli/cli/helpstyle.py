@@ -52,6 +52,17 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("The best matches in the local gallery's default collection", "facecli search visitor.jpg"),
         ("In collection staff, as JSON", "facecli search visitor.jpg -c staff --json"),
         ("Every face of a group photo, three persons each", "facecli search group.jpg --all-faces -k 3"),
+        ("A whole folder in one process: CSV, and pictures with names drawn",
+         "facecli search ./inbox -k 1 --csv --draw ./seen"),
+    ],
+    "compare": [
+        ("Is the selfie the person on the ID card?", "facecli compare id_card.jpg selfie.jpg"),
+        ("Several photos against the first, as JSON", "facecli compare a.jpg b.jpg c.jpg --json"),
+    ],
+    "calibrate": [
+        ("Your own photos, a folder per person; plot the scores", "facecli calibrate ./labelled --plot scores.png"),
+        ("An LFW-format pairs file; store the threshold for 1 false match in 10,000",
+         "facecli calibrate --pairs pairs.txt --far 0.0001 --write-config"),
     ],
     "serve": [
         ("Try it out on this machine, without keys", "facecli serve --db gallery.db --no-auth"),
@@ -67,6 +78,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("Of an OpenCV FR Server, as JSON", "facecli collections list --to https://fr.example.com --json"),
     ],
     "collections create": [("Already there: says so, exit 0", "facecli collections create staff")],
+    "collections stats": [
+        ("Persons, faces per person, the search bar and the look-alike tail", "facecli collections stats staff"),
+        ("Of a PostgreSQL gallery, as JSON",
+         "facecli collections stats staff --to postgresql://facecli@db.example.com/faces --json"),
+    ],
     "collections delete": [("Without the question (scripts)", "facecli collections delete visitors --yes")],
     "collections copy": [
         ("One collection into PostgreSQL",

@@ -237,6 +237,14 @@ def _queries(embeddings: Any) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(q / norms, dtype=np.float32), single
 
 
+def _owners(face_persons: list[str], matrix: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(distinct person ids, each face's index into them, the matrix) from one person id per face."""
+    persons, owner = np.unique(np.asarray(face_persons, dtype=object), return_inverse=True)
+    dim = matrix.shape[1] if matrix.ndim == 2 else 0
+    return ([str(p) for p in persons], owner.astype(np.int64).reshape(-1),
+            matrix if len(face_persons) else np.empty((0, dim), dtype=np.float32))
+
+
 def _opt_str(value: Any, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -762,6 +770,17 @@ class Engine:
         """(persons, faces) in the collection."""
         info = self.get_collection(collection)
         return info.num_persons, info.num_faces
+
+    def face_embeddings(self, collection: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every face of the collection, in one snapshot: (person ids, each face's index into
+        them (int64[N]), embeddings float32[N, D]). For measuring the gallery itself
+        (`facecli collections stats`); the matrix is the search index's own (read-only)."""
+        with self._read() as conn:
+            cid, _, index, _ = self._index(conn, collection)
+            owner_of = dict(conn.execute(
+                "SELECT f.id, p.person_id FROM persons p JOIN faces f ON f.person_pk = p.id "
+                "WHERE p.collection_id = ?", (cid,)).fetchall())
+        return _owners([owner_of[int(f)] for f in index.ids.tolist()], index.matrix)
 
     # ------------------------------------------------------------------ search
 

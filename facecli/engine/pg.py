@@ -70,6 +70,7 @@ from .engine import (
     SearchHit,
     UpsertResult,
     _check_paging,
+    _owners,
     _prepare,
     _PreparedFace,
     _PreparedPerson,
@@ -721,6 +722,21 @@ class PgEngine:
         """(persons, faces) in the collection."""
         info = self.get_collection(collection)
         return info.num_persons, info.num_faces
+
+    @_reads
+    def face_embeddings(self, collection: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every face of the collection, in one snapshot: (person ids, each face's index into
+        them, embeddings float32[N, D]). Same contract as :meth:`Engine.face_embeddings`."""
+        with self._tx(read_only=True) as conn:
+            coll = self._coll(conn, collection)
+            rows = conn.execute(
+                f"SELECT p.person_id, f.embedding FROM faces_c{coll.id} f JOIN persons_c{coll.id} p "
+                "ON p.id = f.person_pk ORDER BY f.id").fetchall()
+        dim = int(coll.dim or 0)
+        matrix = np.empty((len(rows), dim), dtype=np.float32)
+        for i, (_, emb) in enumerate(rows):
+            matrix[i] = np.frombuffer(_vec_bytes(emb), dtype=store.EMBEDDING_DTYPE)
+        return _owners([r[0] for r in rows], matrix)
 
     # ------------------------------------------------------------------ persons
 

@@ -528,13 +528,16 @@ class JournalReport:
     def __init__(self, journal: Journal, run_id: str) -> None:
         self.journal = journal
         self.run_id = run_id
-        self.rows: list[tuple] = []
+        self.rows: list[tuple] = []  # not yet written (at most 500: a long run's lines are not all held)
+        self.seq = 0
 
     def _add(self, obj: dict[str, Any]) -> None:
-        self.rows.append((self.run_id, len(self.rows) + 1, obj.get("kind", "image"), obj.get("person_id"),
+        self.seq += 1
+        self.rows.append((self.run_id, self.seq, obj.get("kind", "image"), obj.get("person_id"),
                           obj.get("path"), obj.get("status"), json.dumps(obj, ensure_ascii=False)))
-        if len(self.rows) % 500 == 0:
-            self.journal.add_items(self.rows[-500:])
+        if len(self.rows) >= 500:
+            self.journal.add_items(self.rows)
+            self.rows = []
 
     def write_item(self, item: ItemResult) -> None:
         self._add(item.to_json())
@@ -543,4 +546,5 @@ class JournalReport:
         self._add(person.to_json())
 
     def close(self, summary: RunSummary) -> None:
-        self.journal.add_items(self.rows[len(self.rows) // 500 * 500:])
+        self.journal.add_items(self.rows)
+        self.rows = []

@@ -11,6 +11,11 @@
 
 Each check either rejects (the default) or only warns, per policy. Images keep their own status
 unless a rejecting policy applies; the reason then explains what changed it.
+
+Two forms: :class:`RunChecks` (what `check` and `enroll` use) decides one person at a time as persons
+stream through, so of two look-alike persons the later in source order is the one flagged;
+:func:`apply_person_checks` decides a whole list at once (both persons of a pair are flagged; the
+copy of a shared photo kept is the one its person agrees with), for analyses such as bench/scale.py.
 """
 
 from __future__ import annotations
@@ -194,15 +199,23 @@ def check_duplicate_images(persons: Sequence[CheckedPerson], policy: PersonPolic
                 continue
             it = items[n][1]
             score = _cos(emb[n], emb[keep])
-            how = "byte-identical to" if it.check.sha256 and it.check.sha256 == kept.check.sha256 else "near-identical to"
-            if it.person_id == kept.person_id:
-                _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate, f"{how} {kept.path}")
-                continue
-            _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate,
-                  f"{how} {kept.path} of person {kept.person_id} (score {score:.3f}); that copy is kept")
-            _flag(it, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate, "")
-            cross.append((it, kept, score))
+            if _flag_copy(it, kept.person_id, kept.path, it.check.sha256 == kept.check.sha256, score, policy):
+                cross.append((it, kept, score))
     return cross
+
+
+def _flag_copy(it: ItemResult, kept_person: str | None, kept_path: str, same_bytes: bool, score: float,
+               policy: PersonPolicy) -> bool:
+    """Flag ``it`` as a copy of the photo kept at ``kept_path``; True when that copy is another person's
+    (the copy's person is then DUPLICATE_PERSON too)."""
+    how = "byte-identical to" if it.check.sha256 and same_bytes else "near-identical to"
+    if it.person_id == kept_person:
+        _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate, f"{how} {kept_path}")
+        return False
+    _flag(it, ReasonCode.DUPLICATE_IMAGE, policy.on_duplicate,
+          f"{how} {kept_path} of person {kept_person} (score {score:.3f}); that copy is kept")
+    _flag(it, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate, "")
+    return True
 
 
 def check_identity(cp: CheckedPerson, policy: PersonPolicy) -> None:
@@ -271,9 +284,7 @@ def check_duplicate_persons(persons: Sequence[CheckedPerson], policy: PersonPoli
     cands: dict[int, dict[str, _Candidate]] = {}  # person index -> other id -> best candidate
 
     def note(k: int, other: str, c: _Candidate) -> None:
-        best = cands.setdefault(k, {}).get(other)
-        if best is None or c.score > best.score:
-            cands[k][other] = c
+        _note(cands.setdefault(k, {}), other, c)
 
     if len(refs) >= 2:
         emb = np.stack([it.check.embedding for _, it in refs]).astype(np.float32)
@@ -289,29 +300,42 @@ def check_duplicate_persons(persons: Sequence[CheckedPerson], policy: PersonPoli
                     note(k, m.person_id, _Candidate(m.score, it, "target"))
     out: dict[str, list[DuplicateMatch]] = {}
     for k, others in cands.items():
-        n = comparisons(k)
-        reject, review = rule.levels(n)
-        found: list[DuplicateMatch] = []
-        for other, c in sorted(others.items(), key=lambda kv: -kv[1].score):
-            if c.score < review:
-                continue
-            p = rule.probability(c.score, n)
-            odds = f", P(false) {p:.1e} at {n:,} comparisons" if p is not None else ""
-            where = "in the gallery" if c.where == "target" else f"({c.other_path})"
-            if c.score >= reject:
-                found.append(DuplicateMatch(other, c.score, c.where, "duplicate", p, c.item.path, c.other_path))
-                if ReasonCode.DUPLICATE_PERSON not in c.item.reasons + c.item.warnings:
-                    _flag(c.item, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate,
-                          f"same face as person {other} {where}: score {c.score:.3f} >= {reject:.3f}{odds}")
-            else:
-                found.append(DuplicateMatch(other, c.score, c.where, "possible", p, c.item.path, c.other_path))
-                if ReasonCode.POSSIBLE_DUPLICATE not in c.item.warnings:
-                    _warn(c.item, ReasonCode.POSSIBLE_DUPLICATE,
-                          f"looks like person {other} {where}: score {c.score:.3f} (review >= {review:.3f}, "
-                          f"reject >= {reject:.3f}{odds})")
+        found = _decide(others, comparisons(k), rule, policy)
         if found:
             out[persons[k].spec.person_id] = found
     return out
+
+
+def _note(cands: dict[str, _Candidate], other: str, c: _Candidate) -> None:
+    """Keep the best candidate per other person."""
+    best = cands.get(other)
+    if best is None or c.score > best.score:
+        cands[other] = c
+
+
+def _decide(cands: dict[str, _Candidate], n: int, rule: DuplicateRule, policy: PersonPolicy) -> list[DuplicateMatch]:
+    """One person's look-alikes (best candidate per other person) at ``n`` comparisons: flag the
+    matching image DUPLICATE_PERSON at the rejection level, POSSIBLE_DUPLICATE at the review level."""
+    reject, review = rule.levels(n)
+    found: list[DuplicateMatch] = []
+    for other, c in sorted(cands.items(), key=lambda kv: -kv[1].score):
+        if c.score < review:
+            continue
+        p = rule.probability(c.score, n)
+        odds = f", P(false) {p:.1e} at {n:,} comparisons" if p is not None else ""
+        where = "in the gallery" if c.where == "target" else f"({c.other_path})"
+        if c.score >= reject:
+            found.append(DuplicateMatch(other, c.score, c.where, "duplicate", p, c.item.path, c.other_path))
+            if ReasonCode.DUPLICATE_PERSON not in c.item.reasons + c.item.warnings:
+                _flag(c.item, ReasonCode.DUPLICATE_PERSON, policy.on_duplicate,
+                      f"same face as person {other} {where}: score {c.score:.3f} >= {reject:.3f}{odds}")
+        else:
+            found.append(DuplicateMatch(other, c.score, c.where, "possible", p, c.item.path, c.other_path))
+            if ReasonCode.POSSIBLE_DUPLICATE not in c.item.warnings:
+                _warn(c.item, ReasonCode.POSSIBLE_DUPLICATE,
+                      f"looks like person {other} {where}: score {c.score:.3f} (review >= {review:.3f}, "
+                      f"reject >= {reject:.3f}{odds})")
+    return found
 
 
 def cap_images(cp: CheckedPerson, limit: int) -> None:
@@ -345,3 +369,160 @@ def apply_person_checks(persons: Sequence[CheckedPerson], policy: PersonPolicy, 
     for cp in persons:
         cap_images(cp, policy.max_images_per_person)
     return PersonChecks(dups)
+
+
+class _Grow:
+    """A growing numpy array (amortised doubling) of rows of one shape and dtype."""
+
+    def __init__(self, dtype: Any, width: int | None = None) -> None:
+        self.dtype, self.width = dtype, width
+        self._a: np.ndarray | None = None
+        self.n = 0
+
+    def append(self, row: Any) -> None:
+        if self._a is None:
+            self._a = np.zeros((64, self.width) if self.width else 64, self.dtype)
+        elif self.n == len(self._a):
+            self._a = np.concatenate([self._a, np.zeros_like(self._a)])
+        self._a[self.n] = row
+        self.n += 1
+
+    @property
+    def view(self) -> np.ndarray:
+        if self._a is None:
+            return np.zeros((0, self.width) if self.width else 0, self.dtype)
+        return self._a[: self.n]
+
+
+class RunChecks:
+    """The per-person checks for a streaming run: one person at a time, against the persons already
+    seen in this run and the target collection.
+
+    ``add(person)`` runs what :func:`apply_person_checks` runs for a whole list (identity, the same
+    photo twice, one face under two ids, the image cap) but decides the new person alone: a look-alike
+    pair (or a photo under two ids) is flagged on the *later* person in source order; the earlier one
+    was decided, and may have been sent, before the later was seen. Decisions are made at the run's
+    size known up front (``run_faces``: the photos discovery listed) plus the gallery's, so the bar is
+    the one the summary states from the start. Memory: per accepted face of the run its embedding
+    (4 bytes a dimension), pHash, sha256, person id and path; no image, crop or payload.
+    """
+
+    def __init__(self, policy: PersonPolicy, rule: DuplicateRule | None = None,
+                 gallery: GalleryContext | None = None, run_faces: int = 0) -> None:
+        self.policy = policy
+        self.rule = rule or DuplicateRule(policy)
+        self.gallery = gallery or GalleryContext()
+        self.run_faces = run_faces
+        self._emb: _Grow | None = None  # made at the first face (its width is the recognizer's)
+        self._phash = _Grow(np.uint64)
+        self._has_phash = _Grow(bool)
+        self._ref = _Grow(bool)  # counts in DUPLICATE_PERSON comparisons
+        self._group = _Grow(np.int64)  # index of the first copy of each face's photo
+        self._owner: list[str] = []
+        self._path: list[str] = []
+        self._sha: list[str | None] = []
+        self._by_sha: dict[str, int] = {}
+        self._in_run: set[str] = set()  # persons with faces in the run index: not asked of the target
+
+    @property
+    def faces(self) -> int:
+        return self._phash.n
+
+    def add(self, cp: CheckedPerson) -> list[DuplicateMatch]:
+        """Check one person (its items are flagged in place); returns its look-alikes, most similar first."""
+        return self.add_many([cp])[0]
+
+    def add_many(self, persons: Sequence[CheckedPerson]) -> list[list[DuplicateMatch]]:
+        """Check persons in order, each against every person before it (earlier calls and earlier in
+        this one): the same decisions as one ``add`` each, with one matrix product (and one gallery
+        search) for the group instead of one pass over the run's faces per person."""
+        staged: list[tuple[CheckedPerson, list[DuplicateMatch], list[ItemResult], int]] = []
+        for cp in persons:
+            check_identity(cp, self.policy)
+            start = self.faces
+            same, added = self._duplicate_images(cp)
+            refs = [it for it in _accepted(cp) if ReasonCode.DUPLICATE_IMAGE not in it.warnings]
+            ref_ids = {id(it) for it in refs}
+            for n, it in enumerate(added, start):  # the person's faces count for later persons only
+                self._ref.view[n] = id(it) in ref_ids
+            staged.append((cp, same, refs, start))
+        probes = [it for *_, refs, _ in staged for it in refs]
+        levels = [self._levels(len(refs), start) for _, _, refs, start in staged]
+        floor = min((scan for refs_n, (_, scan) in zip(staged, levels) if refs_n[2]), default=1.0)
+        run_hits = self._run_hits(probes, floor)
+        asked = self._gallery_hits(probes, floor)
+        out: list[list[DuplicateMatch]] = []
+        col = 0
+        for (cp, same, refs, start), (n, scan) in zip(staged, levels):
+            cands: dict[str, _Candidate] = {}
+            for c, it in enumerate(refs, col):
+                for r, score in run_hits.get(c, ()):
+                    if r < start and self._ref.view[r] and score >= scan:
+                        _note(cands, self._owner[r], _Candidate(score, it, "run", self._path[r]))
+                for m in asked[c] if asked else ():
+                    if m.person_id != it.person_id and m.person_id not in self._in_run and m.score >= scan:
+                        _note(cands, m.person_id, _Candidate(m.score, it, "target"))
+            col += len(refs)
+            out.append(same + (_decide(cands, n, self.rule, self.policy) if refs else []))
+            if refs:
+                self._in_run.add(cp.spec.person_id)
+            cap_images(cp, self.policy.max_images_per_person)
+        return out
+
+    def _levels(self, faces: int, start: int) -> tuple[int, float]:
+        """(comparisons, scan score) for a person of ``faces`` faces: F x (the run's faces - F + the gallery's)."""
+        n = max(1, faces * (max(self.run_faces, start + faces) - faces + self.gallery.faces))
+        return n, self.rule.levels(n)[1]
+
+    def _run_hits(self, probes: list[ItemResult], floor: float, block: int = 65536) -> dict[int, list[tuple[int, float]]]:
+        """Probe column -> (face index, score) of the run's faces scoring >= ``floor``; blockwise."""
+        hits: dict[int, list[tuple[int, float]]] = {}
+        if not probes or self._emb is None:
+            return hits
+        p = np.stack([np.asarray(it.check.embedding, np.float32) for it in probes])
+        emb = self._emb.view
+        for r0 in range(0, len(emb), block):
+            sims = emb[r0 : r0 + block] @ p.T
+            for r, c in zip(*np.nonzero(sims >= floor)):
+                hits.setdefault(int(c), []).append((r0 + int(r), float(sims[r, c])))
+        return hits
+
+    def _gallery_hits(self, probes: list[ItemResult], floor: float) -> list[list[Match]] | None:
+        if not probes or self.gallery.search is None or self.gallery.faces <= 0:
+            return None
+        k = 4 + min(len(self._in_run), 4)  # room for this run's persons, which the target may hold by now
+        return self.gallery.search(probes, k, floor)
+
+    def _duplicate_images(self, cp: CheckedPerson) -> tuple[list[DuplicateMatch], list[ItemResult]]:
+        """Copies of a photo already seen (in this person or an earlier one): each later copy is
+        flagged, the first is kept. Returns the cross-person copies and the faces added to the index."""
+        out: list[DuplicateMatch] = []
+        added = _accepted(cp)
+        for it in added:
+            c = it.check
+            emb = np.asarray(c.embedding, dtype=np.float32)
+            if self._emb is None:
+                self._emb = _Grow(np.float32, emb.shape[0])
+            n = self.faces
+            rep = self._by_sha.get(c.sha256) if c.sha256 else None
+            if rep is None and c.phash is not None and n:
+                dist = np.bitwise_count(self._phash.view ^ np.uint64(c.phash))
+                cand = np.nonzero((dist <= NEAR_DUPLICATE_BITS) & self._has_phash.view)[0]
+                hit = cand[self._emb.view[cand] @ emb >= NEAR_DUPLICATE_MIN_SCORE] if len(cand) else cand
+                rep = int(self._group.view[hit[0]]) if len(hit) else None
+            self._emb.append(emb)
+            self._phash.append(c.phash or 0)
+            self._has_phash.append(c.phash is not None)
+            self._ref.append(False)
+            self._group.append(n if rep is None else rep)
+            self._owner.append(cp.spec.person_id)
+            self._path.append(it.path)
+            self._sha.append(c.sha256)
+            if rep is None:
+                if c.sha256:
+                    self._by_sha[c.sha256] = n
+                continue
+            score = float(self._emb.view[rep] @ emb)
+            if _flag_copy(it, self._owner[rep], self._path[rep], c.sha256 == self._sha[rep], score, self.policy):
+                out.append(DuplicateMatch(self._owner[rep], score, "run", "same_image", None, it.path, self._path[rep]))
+        return out, added

@@ -102,14 +102,15 @@ class SearchDecision:
 
 
 def search_decision(sink: Sink, collection: str, checker: FaceChecker, min_score: float | None = None,
-                    budget: float = SEARCH_BUDGET) -> SearchDecision:
+                    budget: float = SEARCH_BUDGET, fixed: float = MATCH_THRESHOLD) -> SearchDecision:
     """The default --min-score: the score at which a person who is not enrolled has at most
-    ``budget`` chance of matching anyone in a collection of this size."""
+    ``budget`` chance of matching anyone in a collection of this size (``fixed``, the match
+    threshold, where the target's scores cannot be read through the score model)."""
     sha = checker.recognizer.model.file.sha256
     model = score_model_for(checker) if same_scores(sink, sha) else None
     size = gallery_size(sink, collection) if model is not None else None
     if min_score is not None:
         return SearchDecision(min_score, size, model, budget, explicit=True)
     if model is None or size is None:
-        return SearchDecision(MATCH_THRESHOLD, size, None, budget)
+        return SearchDecision(fixed, size, None, budget)
     return SearchDecision(model.threshold(max(1, size), budget), size, model, budget)

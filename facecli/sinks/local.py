@@ -173,6 +173,20 @@ class LocalSink:
         except eng.EngineError as exc:
             raise _target_error(exc) from None
 
+    def counts(self, collection: str) -> tuple[int, int]:
+        """(persons, faces) in the collection."""
+        try:
+            return self.engine.counts(collection)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
+    def face_embeddings(self, collection: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(person ids, each face's index into them, embeddings) of every face (`collections stats`)."""
+        try:
+            return self.engine.face_embeddings(collection)
+        except eng.EngineError as exc:
+            raise _target_error(exc) from None
+
     def score_fingerprint(self) -> str:
         """Scores are cosines of the embeddings this facecli computed: its own recognizer's."""
         return "local"

@@ -1,19 +1,29 @@
 """OpenCV FR cloud (https://{us|eu|sg}.opencv.fr) as a Sink: ``--to opencv-fr-cloud://us|eu|sg``.
 
-Contract: ../shared/APIS.md. Header ``x-api-key``; JSON; 422 carries validation details, other
-errors ``{code, message}``; throttling answers 429 with ``retry-after`` (transport.py obeys it).
+Contract: ../shared/APIS.md, corrected by the vendor's own descriptions of the service, which win
+where they differ: its Python SDK (``opencv-face-recognition``; tests/test_sdk_conformance.py drives
+the test fake through it, and this adapter against the same fake) and its published OpenAPI
+document (https://us.opencv.fr/openapi.json). Header ``x-api-key``; JSON; 422 carries validation
+details ``{"detail": [{loc, msg, type}]}``, other errors ``{code, message}``; throttling answers 429
+with ``retry-after`` (transport.py obeys it).
 
-- Collections are addressed by id; ``-c NAME`` is looked up by name (``GET /collections?search=``)
-  and created with ``POST /collection`` under ``--create-collection``.
+- Collections are addressed by id (a UUID); ``-c NAME`` is looked up by name (``GET
+  /collections?search=``, paged by ``count``) and created with ``POST /collection`` under
+  ``--create-collection``. The service takes names of at most 50 characters: a longer one is
+  refused with its 422 details, which end the run.
 - A person is ``GET /person/{id}`` first: 404 -> ``POST /person`` (201) with 1..3 images, id, name,
-  gender, date_of_birth, nationality, collections and notes; found -> ``PATCH /person`` with the
-  same fields (its other collections kept). A ``POST`` answered 409 (created meanwhile, e.g. by the
-  in-flight request of a killed run) is retried as a ``PATCH``: a resumed run never duplicates.
+  gender, date_of_birth, nationality, collections (ids) and notes; found -> ``PATCH /person`` with
+  the same fields, its other collections kept (the answer lists them as collection *objects*,
+  ``{id, name, ...}``; plain ids are read too). A ``POST`` answered 409 (created meanwhile, e.g. by
+  the in-flight request of a killed run) is retried as a ``PATCH``: a resumed run never duplicates.
 - The API has no metadata field: a person's metadata travels as JSON in ``notes`` when the source
-  gives no notes, and comes back from search as metadata.
+  gives no notes, and comes back from search as metadata. The service caps ``notes`` at 500
+  characters and ids and names at 100: past that, the person fails alone with the 422 details.
 - 422 (and 400/412) on one person: that person fails with SERVER_REJECTED and the validation
   details; the others go on. 401/403 end the run (exit 3).
-- Search: ``POST /search {images, min_score, collection_id, search_mode}`` -> ``[{...person, score}]``.
+- Search: ``POST /search {images, min_score, max_results, collection_id, search_mode}`` ->
+  ``[{...person, score}]``, best first; ``max_results`` defaults to 10 on the service, so it is
+  sent (``k``, at most 100).
 
 Base URL override (tests, proxies): ``FACECLI_OPENCV_FR_CLOUD_URL=http://127.0.0.1:PORT``.
 """
@@ -39,6 +49,7 @@ log = logging.getLogger("facecli.opencv_fr_cloud")
 REGIONS = ("us", "eu", "sg")
 URL_ENV = "FACECLI_OPENCV_FR_CLOUD_URL"
 MAX_IMAGES = 3
+MAX_RESULTS = 100  # /search max_results: the OpenAPI schema allows 500, its prose says 100
 _REJECT_STATUSES = frozenset({400, 404, 412, 413, 422})
 
 
@@ -164,8 +175,10 @@ class OpenCVFRCloudSink(NamedCollections, SeedClient):
     def search(self, collection: str, probe: SearchProbe, k: int, min_score: float) -> list[Match]:
         if probe.jpeg is None:
             raise ValueError("OpenCV FR cloud searches by image: the probe needs a JPEG")
-        body = {"images": [base64.b64encode(probe.jpeg).decode("ascii")], "collection_id": self._collection_id(collection),
-                "min_score": float(min(1.0, max(0.0, min_score))), "search_mode": "ACCURATE"}
+        body = {"images": [base64.b64encode(probe.jpeg).decode("ascii")],
+                "collection_id": self._collection_id(collection),
+                "min_score": float(min(1.0, max(0.0, min_score))), "max_results": max(1, min(k, MAX_RESULTS)),
+                "search_mode": "ACCURATE"}
         resp = self._request("POST", "/search", json_body=body)
         if resp.status_code in (400, 422):  # no usable face in the probe
             return []

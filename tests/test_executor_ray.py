@@ -55,7 +55,7 @@ def test_ray_executor_equals_the_local_one_item_by_item(local_ray, one_thread_ch
     local_report, ray_report = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     local = run_check(discovery, one_thread_checker, report=JsonlReport(local_report.open("w")), policy=WARN)
     exe = open_executor("ray", one_thread_checker)
-    assert exe.name == "ray" and exe.actors == 2  # ray.init(num_cpus=2), one CPU per actor
+    assert exe.name == "ray" and exe.actors == 2, exe.actors  # ray.init(num_cpus=2), one CPU per actor
     try:
         remote = run_check(discovery, one_thread_checker, report=JsonlReport(ray_report.open("w")), policy=WARN,
                            executor=exe)

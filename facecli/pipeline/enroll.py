@@ -192,6 +192,7 @@ def _reporting(report: ReportWriter | None, journal: Journal | None, summary: Ru
     writers = [w for w in (report, journal.report(summary.run_id) if journal else None) if w is not None]
     return writers[0] if len(writers) == 1 else (MultiReport(writers) if writers else None)
 
+
 def _worth_listing(item: ItemResult) -> bool:
     """An image the summary tables list (rejected, failed, warned, skipped other than UNCHANGED)."""
     return (item.status in (Status.REJECTED, Status.FAILED) or bool(item.warnings)

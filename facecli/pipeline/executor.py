@@ -19,8 +19,10 @@ and the sink see the same ``ImageCheck`` stream, in source order, from either ex
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -119,7 +121,10 @@ def check_stream(persons: Iterable[CheckedPerson], executor: Executor,
                 if hit is _FRESH:
                     break
         while order:  # the cached result (or photo-less persons) that ended the segment
-            if (done := take(*order.popleft())) is not None:
+            cp, hit = order.popleft()
+            if hit is _FRESH:
+                raise RuntimeError(f"the executor returned no result for a photo of {cp.spec.person_id}")
+            if (done := take(cp, hit)) is not None:
                 yield done
         if ended:
             return
@@ -170,7 +175,9 @@ class RayExecutor:
         except ImportError:
             raise ConfigError("--executor ray needs Ray, which is not installed", hint=RAY_EXTRA_HINT) from None
         self.ray = ray
-        self.config = config
+        # the workers start elsewhere: every path they get is absolute (as the driver sees it)
+        self.config = replace(config, **{k: Path(v).absolute() for k in ("models_dir", "detector_path", "recognizer_path")
+                                         if (v := getattr(config, k)) is not None})
         self.cpus_per_actor = max(1, int(cpus_per_actor))
         self.batch_size = max(1, int(batch_size))
         self._started = False
@@ -183,32 +190,49 @@ class RayExecutor:
                 raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}",
                                   hint="check --ray-address / RAY_ADDRESS, or leave both unset for a local Ray") from None
             self._started = True
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.actors = actors or max(1, cpus // self.cpus_per_actor)
+        self.actors = actors or max(1, self._cluster_cpus() // self.cpus_per_actor)
+
+    def _cluster_cpus(self, wait: float = 10.0) -> int:
+        """The cluster's CPUs (a node that has just started may not have reported them yet)."""
+        deadline = time.monotonic() + wait
+        while True:
+            cpus = int(self.ray.cluster_resources().get("CPU", 0))
+            if cpus or time.monotonic() > deadline:
+                return max(cpus, 1)
+            time.sleep(0.2)
 
     def check(self, paths: Iterable[str]) -> Iterator[ImageCheck]:
-        items = [{"i": n, "path": str(p)} for n, p in enumerate(paths)]
+        given = [str(p) for p in paths]  # results carry the path as given, as the local executor's do
+        items = [{"i": n, "path": os.path.abspath(p)} for n, p in enumerate(given)]
         if not items:
             return
         from ray.data import ActorPoolStrategy, DataContext, from_items
 
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # facecli's own progress and summary speak
         ctx = DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        blocks = max(1, min(len(items) // self.batch_size, 4096))
+        rows = max(1, min(self.batch_size, -(-len(items) // self.actors)))  # a few photos still reach every actor
+        blocks = max(1, min(-(-len(items) // rows), 4096))
         ds = from_items(items, override_num_blocks=blocks).map_batches(
             _CheckActor, fn_constructor_kwargs={"config": self.config, "cpus": self.cpus_per_actor},
-            batch_size=self.batch_size, batch_format="numpy", num_cpus=self.cpus_per_actor,
+            batch_size=rows, batch_format="numpy", num_cpus=self.cpus_per_actor,
             compute=ActorPoolStrategy(size=self.actors), udf_modifying_row_count=False)
         held: dict[int, ImageCheck] = {}  # results that arrived ahead of their turn (none with preserve_order)
         want = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, blob in zip(batch["i"], batch["check"]):
-                held[int(i)] = pickle.loads(blob)
+                check = held[int(i)] = pickle.loads(blob)
+                n = int(i)
+                if check.path != given[n]:  # e.g. "no such file: PATH" names the path as given
+                    check.message = check.message.replace(check.path, given[n])
+                    check.path = given[n]
             while want in held:
                 yield held.pop(want)
                 want += 1
+        if want != len(items):  # never hand on a stream with holes: the persons would be misassembled
+            raise RuntimeError(f"the Ray pipeline returned {want} of {len(items)} results")
 
     def close(self) -> None:
         if self._started:

@@ -12,7 +12,7 @@ from facecli.cli.console import RichProgress, print_json, summary_tables
 from facecli.config import Settings
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import run_check
-from facecli.pipeline.executor import Shard, open_executor
+from facecli.pipeline.executor import open_executor
 from facecli.pipeline.report import RunSummary, check_report_path, open_report
 
 HELP = """Check photos without sending anything: decode, detect, the exactly-one-usable-face gate, embed.
@@ -73,11 +73,7 @@ def check(
                                      duplicate_budget, review_budget, duplicate_min_score)
         cfg = common.build_check_config(settings, threshold, max_megapixels)
         discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
-        part = Shard.parse(shard) if shard else None
-        if part:
-            discovery = part.select(discovery)
-            if settings.get("journal") is None:  # each shard its own ledger, unless one is named
-                settings.flags["journal"] = str(part.journal_path())
+        discovery, part = common.apply_shard(shard, discovery, settings)
         checker = FaceChecker.open(cfg)
         writer = open_report(report) if report else None
         progress = RichProgress(enabled=not (quiet or json_out))

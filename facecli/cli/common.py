@@ -175,6 +175,19 @@ def person_policy(on_identity_mismatch: str, on_duplicate: str, max_images: int,
                         max_images_per_person=max_images, **extra)
 
 
+def apply_shard(shard: str | None, discovery, settings: Settings):
+    """``--shard I/N``: (this shard's part of ``discovery``, the Shard or None). Each shard gets
+    its own ledger unless one is named (--journal, FACECLI_JOURNAL or the config file)."""
+    from facecli.pipeline.executor import Shard
+
+    part = Shard.parse(shard) if shard else None
+    if part:
+        discovery = part.select(discovery)
+        if settings.get("journal") is None:
+            settings.flags["journal"] = str(part.journal_path())
+    return discovery, part
+
+
 def load_source(path: Path | None, manifest: Path | None, mapping: list[str] | None, metadata: str | None,
                 allow_absolute: bool, follow_symlinks: bool):
     """A folder/file PATH or a --manifest, never both: the one place sources are chosen."""

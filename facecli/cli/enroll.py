@@ -15,7 +15,7 @@ from facecli.engine.pg import mask_url
 from facecli.imaging.encode import PayloadSpec
 from facecli.pipeline.check import FaceChecker
 from facecli.pipeline.enroll import EnrollOptions, run_enroll
-from facecli.pipeline.executor import Shard, open_executor
+from facecli.pipeline.executor import open_executor
 from facecli.pipeline.report import RunSummary, check_report_path, open_report
 from facecli.sinks.base import FACE_STORAGE_TYPES
 from facecli.sinks.factory import open_sink
@@ -99,11 +99,7 @@ def enroll(
         policy = common.person_policy(on_identity_mismatch, on_duplicate, max_images_per_person, settings,
                                      duplicate_budget, review_budget, duplicate_min_score)
         discovery = common.load_source(path, manifest, map_, metadata, allow_absolute, follow_symlinks)
-        part = Shard.parse(shard) if shard else None
-        if part:
-            discovery = part.select(discovery)
-            if settings.get("journal") is None:  # each shard its own ledger, unless one is named
-                settings.flags["journal"] = str(part.journal_path())
+        discovery, part = common.apply_shard(shard, discovery, settings)
         ledger = exe = None
         payload_spec = common.payload_spec(payload, max_image_bytes)
         sink = open_sink(target, db_path, writer=not dry_run, create=True, wait=not no_wait,

@@ -28,7 +28,7 @@ from facecli.vision.align import align_face_scaled
 from facecli.vision.detect import Detector, Face
 from facecli.vision.embed import Recognizer
 from facecli.vision.models import DEFAULT_DETECTOR, DEFAULT_RECOGNIZER, resolve_models
-from facecli.vision.quality import Thresholds, crop_measurements, explain, gate_crop, gate_faces
+from facecli.vision.quality import GateResult, Thresholds, crop_measurements, explain, gate_crop, gate_faces
 from facecli.vision.runtime import default_threads
 
 
@@ -284,7 +284,7 @@ class FaceChecker:
         neighbour's face can be found or weighed differently than in the whole photo (issue 15:
         1.5% of LFW crops were refused by ``facecli serve`` as ERR_MULTIPLE_FACES_DETECTED). So the
         crop is run through the same detector and one-face rule ``facecli serve`` applies
-        (``one_face_verdict``); when it fails, a tighter crop is tried; when every crop fails the
+        (``one_face_gate``); when it fails, a tighter crop is tried; when every crop fails the
         image is refused here, not by the target.
         """
         spec = self.config.payload
@@ -295,7 +295,7 @@ class FaceChecker:
             if fraction < spec.face_fraction:
                 continue
             data = payload_jpeg(rgb, box, replace(spec, face_fraction=fraction))
-            verdict = one_face_verdict(self.detector, self.thresholds, _jpeg_rgb(data))
+            verdict = one_face_gate(self.detector, self.thresholds, _jpeg_rgb(data))[1]
             if verdict is None:
                 return data, None
         assert verdict is not None
@@ -319,16 +319,22 @@ class FaceChecker:
 PAYLOAD_TIGHTER_FRACTIONS = (0.55, 0.7)
 
 
-def one_face_verdict(detector: Detector, thresholds: Thresholds, rgb: np.ndarray) -> tuple[ReasonCode, str] | None:
-    """None when ``rgb`` holds one usable face by the enrollment rule (``facecli serve`` refuses
-    uploads with this same function), else (reason, message)."""
-    h, w = rgb.shape[:2]
-    gate = gate_faces(detector.detect(rgb), w, h, thresholds)
+def one_face_gate(detector: Detector, thresholds: Thresholds, rgb: np.ndarray, scale: float = 1.0,
+                  size: tuple[int, int] | None = None) -> tuple[GateResult, tuple[ReasonCode, str] | None]:
+    """Detect and gate ``rgb`` by the enrollment rule: the gate, and None when it holds one usable
+    face, else (reason, message). ``facecli serve`` judges uploads with this same function, and
+    the client judges the face crop it is about to send with it. ``scale``/``size``: ``rgb`` is a
+    reduced copy of an image of ``size`` (width, height)."""
+    faces = detector.detect(rgb)
+    if scale != 1.0:
+        faces = [f.scaled(scale) for f in faces]
+    w, h = size or (rgb.shape[1], rgb.shape[0])
+    gate = gate_faces(faces, w, h, thresholds)
     if gate.main is None:
-        return ReasonCode.NO_FACE, "no face detected"
+        return gate, (ReasonCode.NO_FACE, "no face detected")
     if gate.comparable:
-        return ReasonCode.MULTIPLE_FACES, f"{gate.comparable + 1} faces of similar size"
-    return None
+        return gate, (ReasonCode.MULTIPLE_FACES, f"{gate.comparable + 1} faces of similar size")
+    return gate, None
 
 
 def _jpeg_rgb(data: bytes) -> np.ndarray:

@@ -48,11 +48,10 @@ from facecli.engine import engine as eng
 from facecli.ids import validate_collection_name, validate_person_id
 from facecli.imaging.decode import DecodeFailure, decode_bytes
 from facecli.imaging.encode import thumbnail_jpeg
-from facecli.pipeline.check import FaceChecker
+from facecli.pipeline.check import FaceChecker, one_face_gate
 from facecli.server.openapi import docs_html, openapi_schema
 from facecli.sinks.base import FACE_STORAGE_TYPES
 from facecli.vision.align import align_face
-from facecli.vision.quality import gate_faces
 
 log = logging.getLogger("facecli.server")
 
@@ -211,13 +210,12 @@ def analyse(checker: FaceChecker, data: bytes | None, storage: str = "NoStorage"
         image = decode_bytes(data, checker.config.limits)
     except DecodeFailure as exc:
         return Analysed("ERR_INVALID_IMAGE", f"{exc.reason}: {exc.message}")
-    faces = [f.scaled(image.scale) for f in checker.detector.detect(image.rgb)]
-    gate = gate_faces(faces, image.source_width, image.source_height, checker.thresholds)
+    gate, verdict = one_face_gate(checker.detector, checker.thresholds, image.rgb, image.scale,
+                                  (image.source_width, image.source_height))
     if gate.main is None:
         return Analysed("ERR_NO_FACE_DETECTED", "no face detected in the image")
-    if strict and gate.comparable:
-        return Analysed("ERR_MULTIPLE_FACES_DETECTED",
-                        f"{gate.comparable + 1} faces of similar size; send an image with one face")
+    if strict and verdict is not None:
+        return Analysed("ERR_MULTIPLE_FACES_DETECTED", f"{verdict[1]}; send an image with one face")
     a = Analysed(crop=align_face(image.rgb, gate.main.landmarks / image.scale), sha256=image.sha256,
                  det_score=float(gate.main.score))
     if storage == "StoreThumbnails":

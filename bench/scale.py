@@ -29,7 +29,6 @@ at the scale they are made (hundreds to thousands of persons), through facecli's
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import time

@@ -49,10 +49,6 @@ def validate_person_id(pid: object) -> str | None:
     return f"person_id {pid!r} has characters targets refuse ({bad!r}); allowed: letters, digits, space, _ . @ : + -"
 
 
-def is_valid_person_id(pid: object) -> bool:
-    return validate_person_id(pid) is None
-
-
 def validate_collection_name(name: object) -> str | None:
     """Why ``name`` is refused as a collection name, or None when it is acceptable."""
     if not isinstance(name, str):
@@ -68,10 +64,6 @@ def validate_collection_name(name: object) -> str | None:
     if name.split(".")[0].upper() in _WINDOWS_DEVICES:
         return f"invalid collection name {name!r}: {name.split('.')[0].upper()} is a reserved device name"
     return None
-
-
-def is_valid_collection_name(name: object) -> bool:
-    return validate_collection_name(name) is None
 
 
 def url_segment(value: str) -> str:

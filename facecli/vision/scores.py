@@ -110,18 +110,3 @@ def load_score_model(recognizer_sha256: str) -> ScoreModel | None:
     if model.sha256 != recognizer_sha256:
         return None
     return model
-
-
-@dataclass(frozen=True)
-class ScalePolicy:
-    """The budgets that turn the score model into thresholds at a run's and a gallery's size."""
-
-    duplicate_budget: float = DUPLICATE_BUDGET
-    review_budget: float = REVIEW_BUDGET
-    search_budget: float = SEARCH_BUDGET
-
-    def __post_init__(self) -> None:
-        for name in ("duplicate_budget", "review_budget", "search_budget"):
-            v = getattr(self, name)
-            if not 0 < v < 1:
-                raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {v}")

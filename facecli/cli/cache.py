@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import typer
 from rich import box
 from rich.filesize import decimal
@@ -25,6 +24,7 @@ from facecli.cli.runs import ledger_path, open_ledger
 from facecli.config import Settings
 from facecli.errors import ConfigError, ExitCode
 from facecli.vision.models import user_models_dir
+from facecli.vision.runtime import optimized_cache_dir
 
 cache_app = typer.Typer(
     help="What facecli keeps on this machine (cached face crops and embeddings, runs, optimised models), "
@@ -38,11 +38,6 @@ NoCacheOpt = typer.Option(
          "and run lines resume needs are written; images are checked again on a re-run). Config: no_cache = true.")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def optimised_models_dir() -> Path:
-    """Where onnxruntime-optimised copies of the models are cached (see vision/runtime.py)."""
-    return Path(platformdirs.user_cache_dir("facecli")) / "ort"
 
 
 def apply_no_cache(ledger: Any, settings: Settings, flag: bool) -> None:
@@ -131,7 +126,7 @@ def cache_info(json_out: bool = common.JsonOpt, journal: Path = common.JournalOp
             ledger = {**_iso_times(j.cache_stats()), "exists": True}
         finally:
             j.close()
-    models = {"optimised": _dir_info(optimised_models_dir()), "downloaded": _dir_info(user_models_dir())}
+    models = {"optimised": _dir_info(optimized_cache_dir()), "downloaded": _dir_info(user_models_dir())}
     if json_out:
         print_json({"ledger": ledger, "models": models})
         return
@@ -191,7 +186,7 @@ def cache_clear(
     cutoff = time.time() - age if age is not None else None
     checks = checks or all_ or not (runs or models)
     runs, models = runs or all_, models or all_
-    path, ort = ledger_path(journal, config), optimised_models_dir()
+    path, ort = ledger_path(journal, config), optimized_cache_dir()
     older = f" older than {older_than}" if older_than else ""
     what = " and ".join(w for w, on in (("cached check results (embeddings, face crops)", checks),
                                         ("finished runs", runs)) if on)

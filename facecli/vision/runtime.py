@@ -48,11 +48,16 @@ def _options(threads: int | None, level: ort.GraphOptimizationLevel) -> ort.Sess
     return opts
 
 
+def optimized_cache_dir() -> Path:
+    """Where onnxruntime-optimised copies of the models are kept (no biometric data)."""
+    return Path(platformdirs.user_cache_dir("facecli")) / "ort"
+
+
 def optimized_cache_path(path: Path, sha256: str) -> Path:
     """Keyed by the model's hash and the file itself (path, size, mtime) and onnxruntime's version."""
     st = path.stat()
     key = hashlib.sha256(f"{sha256}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-    return Path(platformdirs.user_cache_dir("facecli")) / "ort" / f"{key}-ort{ort.__version__}.onnx"
+    return optimized_cache_dir() / f"{key}-ort{ort.__version__}.onnx"
 
 
 def _cached_graph(path: Path, sha256: str | None) -> Path:
